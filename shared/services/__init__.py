@@ -1,0 +1,1 @@
+"""Domain services: every rule and every query the processes need. Callers own the session."""

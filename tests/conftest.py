@@ -1,0 +1,113 @@
+"""Fixtures on the real PostgreSQL and Redis that scripts/test started (or DATABASE_URL /
+REDIS_URL name). Each test runs inside a transaction that is rolled back at its end."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+import redis
+from flask.testing import FlaskClient
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from shared.config import Settings, load_settings
+from shared.db.engine import make_engine
+from shared.db.migrate import upgrade
+from web.api.app import create_app
+
+
+@pytest.fixture(scope="session")
+def settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    base = load_settings()
+    if not base.database_url or not base.redis_url:
+        pytest.exit("DATABASE_URL and REDIS_URL must be set: run the tests with scripts/test", 2)
+    return load_settings(
+        data_dir=tmp_path_factory.mktemp("data"), secret_key="test-secret-key-" + "x" * 32
+    )
+
+
+@pytest.fixture(scope="session")
+def engine(settings: Settings) -> Iterator[Engine]:
+    upgrade(settings.require_database_url())
+    engine = make_engine(settings.require_database_url(), pool_size=5)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def redis_client(settings: Settings) -> redis.Redis:
+    return redis.Redis.from_url(settings.require_redis_url())
+
+
+@pytest.fixture
+def session_factory(engine: Engine) -> Iterator[sessionmaker[Session]]:
+    """Sessions joined to one outer transaction: commits become savepoints, all rolled back."""
+    connection = engine.connect()
+    outer = connection.begin()
+    yield sessionmaker(
+        bind=connection, expire_on_commit=False, join_transaction_mode="create_savepoint"
+    )
+    outer.rollback()
+    connection.close()
+
+
+@pytest.fixture
+def db(session_factory: sessionmaker[Session]) -> Iterator[Session]:
+    with session_factory() as session:
+        yield session
+
+
+@pytest.fixture
+def client(
+    settings: Settings, session_factory: sessionmaker[Session], redis_client: redis.Redis
+) -> FlaskClient:
+    app = create_app(settings, session_factory=session_factory, redis_client=redis_client)
+    return app.test_client()
+
+
+@dataclass
+class Tenant:
+    organization_id: str
+    user_id: str
+    email: str
+    password: str
+    access_token: str
+    refresh_token: str
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.access_token}"}
+
+
+def register_tenant(client: FlaskClient, name: str = "Acme") -> Tenant:
+    email = f"{uuid.uuid4().hex[:10]}@{name.lower()}.example.com"
+    password = "correct horse battery"
+    reg = client.post(
+        "/api/v1/auth/register", json={"organization": name, "email": email, "password": password}
+    )
+    assert reg.status_code == 201, reg.get_json()
+    login = client.post("/api/v1/auth/login", json={"email": email, "password": password})
+    assert login.status_code == 200, login.get_json()
+    body: dict[str, Any] = login.get_json()
+    return Tenant(
+        organization_id=reg.get_json()["organization_id"],
+        user_id=reg.get_json()["user_id"],
+        email=email,
+        password=password,
+        access_token=body["access_token"],
+        refresh_token=body["refresh_token"],
+    )
+
+
+@pytest.fixture
+def tenant(client: FlaskClient) -> Tenant:
+    return register_tenant(client, "Acme")
+
+
+@pytest.fixture
+def other_tenant(client: FlaskClient) -> Tenant:
+    return register_tenant(client, "Globex")

@@ -1,0 +1,1 @@
+"""The HTTP processes: `api` (REST, webhooks, ops) and `voice` (Telnyx media streams)."""

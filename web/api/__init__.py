@@ -1,0 +1,1 @@
+"""REST API, webhooks and ops endpoints (the `web` process)."""

@@ -1,0 +1,9 @@
+"""gunicorn entry point of the `web` process."""
+
+from shared.config import load_settings
+from shared.observability.logging import setup_logging
+from web.api.app import create_app
+
+settings = load_settings()
+setup_logging("web", fmt=settings.log_format, level=settings.log_level)
+app = create_app(settings)

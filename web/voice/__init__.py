@@ -1,0 +1,1 @@
+"""The `voice` process: Telnyx media-stream websocket and the real-time loop."""

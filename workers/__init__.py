@@ -1,0 +1,1 @@
+"""The `worker` process: Dramatiq actors for post-call and background work."""

@@ -28,6 +28,10 @@ class Settings(BaseSettings):
     web_workers: int = 2
     worker_processes: int = 1
     worker_threads: int = 8
+    # How long a silent worker keeps its messages before another requeues them, and how
+    # often (per million broker commands) that housekeeping runs: Dramatiq's defaults.
+    queue_heartbeat_timeout_ms: int = 60_000
+    queue_maintenance_chance: int = 1_000
     voice_port: int = 8001
     worker_metrics_port: int = 9191
     public_web_url: str = "http://127.0.0.1:8000"

@@ -7,16 +7,20 @@ its samples there and `/metrics` aggregates them; otherwise the default registry
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     REGISTRY,
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     generate_latest,
     multiprocess,
 )
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
 
 HTTP_REQUESTS = Counter(
     "http_requests_total", "HTTP requests served", ["process", "method", "route", "status"]
@@ -28,11 +32,51 @@ HTTP_LATENCY = Histogram(
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
 )
 
+# Outbound provider calls, kept by shared.resilience.
+PROVIDER_CIRCUIT_STATE = Gauge(
+    "provider_circuit_state",
+    "Circuit breaker state per provider: 0 closed, 1 half-open, 2 open",
+    ["provider"],
+    # Worst live worker wins; gunicorn's child_exit hook drops the files of dead workers.
+    multiprocess_mode="livemax",
+)
+PROVIDER_REQUESTS = Counter(
+    "provider_requests_total",
+    "Provider call attempts by outcome (short_circuit: refused by the open breaker)",
+    ["provider", "outcome"],
+)
+PROVIDER_LATENCY = Histogram(
+    "provider_request_duration_seconds",
+    "Duration of one provider call attempt",
+    ["provider"],
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
 
-def exposition() -> tuple[bytes, str]:
-    """The current samples in the text format, and its content type."""
+
+def exposition(*extra: Collector) -> tuple[bytes, str]:
+    """The current samples in the text format, and its content type.
+
+    `extra` collectors are read at scrape time (e.g. queue depths straight from Redis).
+    """
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    else:
+        registry = REGISTRY
+    if not extra:
         return generate_latest(registry), CONTENT_TYPE_LATEST
-    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+    scrape = CollectorRegistry()
+    scrape.register(_Forward(registry))
+    for collector in extra:
+        scrape.register(collector)
+    return generate_latest(scrape), CONTENT_TYPE_LATEST
+
+
+class _Forward(Collector):
+    """Lets a per-scrape registry include another registry's samples."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+
+    def collect(self) -> Iterable[Metric]:
+        return self.registry.collect()

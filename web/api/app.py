@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+import dramatiq
 import redis
 from flask import request
 from flask_jwt_extended import JWTManager
@@ -14,11 +15,16 @@ from werkzeug.exceptions import BadRequest, UnsupportedMediaType
 
 from shared.config import Settings
 from shared.db.engine import make_engine, make_session_factory
+from shared.queue.broker import build_broker
 from web import http_common
 from web.api import agents, auth, calls, context, customers, ops, problems
 from web.api.routing import API_PREFIX
+from web.api.webhooks import stripe, telnyx
+
+WEBHOOK_PREFIX = f"{API_PREFIX}/webhooks"
 
 BLUEPRINTS = (auth.bp, auth.keys_bp, agents.bp, agents.numbers_bp, customers.bp, calls.bp)
+WEBHOOKS = (*telnyx.blueprints, *stripe.blueprints)
 
 
 def create_app(
@@ -26,6 +32,7 @@ def create_app(
     *,
     session_factory: sessionmaker[Session] | None = None,
     redis_client: redis.Redis | None = None,
+    broker: dramatiq.Broker | None = None,
 ) -> OpenAPI:
     app = OpenAPI(
         __name__,
@@ -35,6 +42,7 @@ def create_app(
         validation_error_callback=problems.validation_problem,
     )
     app.config.update(
+        SETTINGS=settings,
         MAX_CONTENT_LENGTH=settings.max_body_bytes,
         JWT_SECRET_KEY=settings.signing_key,
         JWT_ACCESS_TOKEN_EXPIRES=timedelta(minutes=settings.access_token_minutes),
@@ -47,12 +55,13 @@ def create_app(
     app.extensions["redis"] = redis_client or redis.Redis.from_url(
         settings.require_redis_url(), socket_timeout=2, socket_connect_timeout=2
     )
+    app.extensions["broker"] = broker or build_broker(settings)
     http_common.install(app, "web")
     context.init_app(app, session_factory)
     _init_jwt(app)
     problems.register(app)
     app.before_request(_require_json_body)
-    for bp in BLUEPRINTS:
+    for bp in (*BLUEPRINTS, *WEBHOOKS):
         app.register_api(bp)
     app.register_blueprint(ops.bp)
     return app
@@ -61,6 +70,8 @@ def create_app(
 def _require_json_body() -> None:
     """API bodies must be JSON that parses: 415 / 400 here, before any validation."""
     if not request.path.startswith(API_PREFIX) or request.method not in ("POST", "PUT", "PATCH"):
+        return
+    if request.path.startswith(WEBHOOK_PREFIX):  # raw bodies: verified before any parsing
         return
     if not request.content_length and not request.data:
         return

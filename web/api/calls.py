@@ -2,16 +2,52 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
-from shared.services import calls
+import redis
+from flask import current_app
+
+from shared.queue.broker import enqueue
+from shared.queue.tasks import DIAL_CALL
+from shared.services import calls, outbound
 from shared.services.calls import CallFilter
 from web.api.context import db, principal
+from web.api.problems import problem
 from web.api.routing import resource_blueprint
-from web.api.schemas.calls import CallDetail, CallOut, CallPatch, CallQuery
+from web.api.schemas.calls import (
+    CallCreate,
+    CallDetail,
+    CallOut,
+    CallPatch,
+    CallQuery,
+    IdempotencyHeader,
+)
 from web.api.schemas.common import IdPath, ListOut, page_out
 
 bp = resource_blueprint("calls")
+log = logging.getLogger(__name__)
+
+
+@bp.post("/calls", responses={201: CallOut, 402: None, 503: None})
+def create(body: CallCreate, header: IdempotencyHeader) -> Any:
+    """Place an outbound call: stored `queued`, dialed by a worker through Telnyx."""
+    request = outbound.OutboundRequest(
+        agent_id=body.agent_id, to=body.to, customer_id=body.customer_id
+    )
+    placed = outbound.place(db(), principal(), request, header.idempotency_key)
+    out = CallOut.model_validate(placed.call).model_dump(mode="json")
+    if not placed.created:
+        return out, 201, {"Idempotent-Replayed": "true"}
+    db().commit()
+    try:
+        enqueue(current_app.extensions["broker"], DIAL_CALL, str(placed.call.id))
+    except redis.RedisError:
+        log.exception("could not queue the dial; withdrawing the call")
+        outbound.withdraw(db(), placed.call.id)
+        db().commit()
+        return problem(503, "Service Unavailable", "the call queue is unavailable; try again")
+    return out, 201
 
 
 @bp.get("/calls", responses={200: ListOut[CallOut]})

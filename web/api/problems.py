@@ -17,6 +17,7 @@ from shared.errors import (
     PaymentRequired,
     Unauthorized,
 )
+from shared.resilience import ProviderUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,11 @@ def _http(exc: HTTPException) -> Response:
     return problem(exc.code or 500, exc.name, exc.description or exc.name)
 
 
+def _unavailable(exc: ProviderUnavailable) -> Response:
+    log.warning("provider unavailable: %s", exc)
+    return problem(503, "Service Unavailable", f"{exc.provider} is unavailable; try again shortly")
+
+
 def _unexpected(exc: Exception) -> Response:
     log.exception("unhandled error")
     return problem(500, "Internal Server Error", "an unexpected error occurred")
@@ -68,4 +74,5 @@ def _unexpected(exc: Exception) -> Response:
 def register(app: Flask) -> None:
     app.register_error_handler(DomainError, _domain)
     app.register_error_handler(HTTPException, _http)
+    app.register_error_handler(ProviderUnavailable, _unavailable)
     app.register_error_handler(Exception, _unexpected)

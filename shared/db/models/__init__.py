@@ -4,9 +4,13 @@ from shared.db.models.agents import Agent, KnowledgeEntry, PhoneNumber
 from shared.db.models.base import Base
 from shared.db.models.calls import Call, CallEvent, CallTurn
 from shared.db.models.customers import Customer
+from shared.db.models.jobs import JobRun
+from shared.db.models.learning import AbTest, AbVariant, Memory, OutcomeStat
 from shared.db.models.tenancy import ApiKey, Organization, RefreshToken, User
 
 __all__ = [
+    "AbTest",
+    "AbVariant",
     "Agent",
     "ApiKey",
     "Base",
@@ -14,8 +18,11 @@ __all__ = [
     "CallEvent",
     "CallTurn",
     "Customer",
+    "JobRun",
     "KnowledgeEntry",
+    "Memory",
     "Organization",
+    "OutcomeStat",
     "PhoneNumber",
     "RefreshToken",
     "User",

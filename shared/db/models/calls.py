@@ -40,6 +40,14 @@ class Call(Base):
     telnyx_call_session_id: Mapped[str | None] = mapped_column(String(200))
     idempotency_key: Mapped[str | None] = mapped_column(String(200))
     request_fingerprint: Mapped[str | None] = mapped_column(String(64))
+    recording_url: Mapped[str | None] = mapped_column(Text)
+    machine_detection: Mapped[str | None] = mapped_column(String(40))
+    summary: Mapped[str | None] = mapped_column(Text)
+    analysis: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    crm_engagement_id: Mapped[str | None] = mapped_column(String(100))
+    ab_variant_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("ab_variants.id", ondelete="SET NULL")
+    )
     answered_at: Mapped[datetime | None]
     ended_at: Mapped[datetime | None]
     duration_seconds: Mapped[float | None]

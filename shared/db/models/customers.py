@@ -28,5 +28,6 @@ class Customer(Base):
     metadata_: Mapped[dict[str, Any]] = mapped_column(
         "metadata", JSONB, default=dict, server_default="{}"
     )
+    crm_contact_id: Mapped[str | None] = mapped_column(String(100))
     created_at: Mapped[datetime] = now_column()
     updated_at: Mapped[datetime] = now_column()

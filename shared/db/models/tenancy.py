@@ -20,6 +20,12 @@ class Organization(Base):
     billing_status: Mapped[str] = mapped_column(
         String(40), default="active", server_default="active"
     )
+    stripe_customer_id: Mapped[str | None] = mapped_column(String(100), unique=True)
+    subscription_status: Mapped[str | None] = mapped_column(String(40))
+    # Set when a subscription turns past_due; calls stay allowed during the grace period.
+    past_due_since: Mapped[datetime | None]
+    # `created` of the last Stripe event applied: older deliveries arriving late are ignored.
+    billing_updated_at: Mapped[datetime | None]
     created_at: Mapped[datetime] = now_column()
 
 

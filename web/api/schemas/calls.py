@@ -6,10 +6,10 @@ import uuid
 from datetime import datetime
 from typing import Literal
 
-from pydantic import Field
+from pydantic import BaseModel, Field
 
 from shared.services.call_status import CallStatus
-from web.api.schemas.common import Input, ListQuery, Output
+from web.api.schemas.common import E164, Input, ListQuery, Output
 
 
 class CallQuery(ListQuery):
@@ -18,6 +18,22 @@ class CallQuery(ListQuery):
     customer_id: uuid.UUID | None = None
     since: datetime | None = None
     until: datetime | None = None
+
+
+class CallCreate(Input):
+    agent_id: uuid.UUID
+    to: E164
+    customer_id: uuid.UUID | None = None
+
+
+class IdempotencyHeader(BaseModel):
+    idempotency_key: str | None = Field(
+        None,
+        alias="Idempotency-Key",
+        min_length=1,
+        max_length=200,
+        description="Same key and body: the same call; same key, other body: 409",
+    )
 
 
 class CallPatch(Input):

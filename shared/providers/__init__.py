@@ -1,0 +1,1 @@
+"""Provider adapters, one package per kind: the only code that knows a vendor's wire format."""

@@ -1,0 +1,1 @@
+"""Billing: Stripe webhooks (verification, parsing)."""

@@ -1,0 +1,1 @@
+"""Telephony: Telnyx webhooks (verification, parsing) and Call Control commands."""

@@ -1,0 +1,253 @@
+"""What Telnyx call events mean for our calls: the inbound/outbound call lifecycle.
+
+`apply_event` changes rows and returns what must happen next (commands to send, post-call
+work to start); the web tier queues those after its commit. Events may arrive late,
+twice or out of order: a transition the status machine forbids is logged and skipped.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from shared.db.models import Call, Customer
+from shared.providers.telephony.telnyx_call_control import decode_client_state
+from shared.providers.telephony.telnyx_webhooks import TelnyxEvent
+from shared.services import phone_numbers
+from shared.services.call_status import CallStatus, can_move
+
+log = logging.getLogger(__name__)
+S = CallStatus
+
+
+class Command(StrEnum):
+    ANSWER = "answer"
+    HANGUP = "hangup"
+
+
+@dataclass(frozen=True)
+class Order:
+    """A Call Control command to send for a call (call_id None: a call we refused)."""
+
+    command: Command
+    call_control_id: str
+    call_id: uuid.UUID | None = None
+
+
+@dataclass
+class Effects:
+    organization_id: uuid.UUID | None = None
+    call_id: uuid.UUID | None = None
+    orders: list[Order] = field(default_factory=list)
+    finished: bool = False  # the call just ended: start the post-call work
+
+
+# hangup_cause → final status when the call was never answered.
+UNANSWERED_END = {
+    "user_busy": S.BUSY,
+    "no_answer": S.NO_ANSWER,
+    "timeout": S.NO_ANSWER,
+    "originator_cancel": S.CANCELED,
+}
+
+
+def apply_event(session: Session, event: TelnyxEvent) -> Effects:
+    handler = _HANDLERS.get(event.type)
+    if handler is None:
+        call = _find_call(session, event)
+        return _effects(call)
+    return handler(session, event)
+
+
+def _initiated(session: Session, event: TelnyxEvent) -> Effects:
+    if event.payload.get("direction") == "outgoing":
+        call = _find_call(session, event)
+        if call is not None:
+            _move(call, S.RINGING, event)
+        return _effects(call)
+    return _inbound(session, event)
+
+
+def _inbound(session: Session, event: TelnyxEvent) -> Effects:
+    ccid = event.call_control_id
+    if not ccid:
+        log.warning("call.initiated without call_control_id", extra={"event_id": event.id})
+        return Effects()
+    existing = _find_call(session, event)
+    if existing is not None:  # the same call announced again (a redelivery with a new id)
+        return _effects(existing)
+    route = phone_numbers.route(session, str(event.payload.get("to", "")))
+    if route is None:
+        log.info(
+            "inbound call to an unknown number: hanging up", extra={"to": event.payload.get("to")}
+        )
+        return Effects(orders=[Order(Command.HANGUP, ccid)])
+    caller = str(event.payload.get("from", ""))
+    call = Call(
+        organization_id=route.organization_id,
+        agent_id=route.agent_id,
+        customer_id=_customer_for(session, route.organization_id, caller),
+        direction="inbound",
+        from_number=caller,
+        to_number=route.number,
+        status=S.RINGING,
+        telnyx_call_control_id=ccid,
+        telnyx_call_session_id=event.payload.get("call_session_id"),
+    )
+    session.add(call)
+    session.flush()
+    return Effects(route.organization_id, call.id, [Order(Command.ANSWER, ccid, call.id)])
+
+
+def _answered(session: Session, event: TelnyxEvent) -> Effects:
+    call = _find_call(session, event)
+    if call is not None and _move(call, S.IN_PROGRESS, event):
+        call.answered_at = event.occurred_at or _now()
+    return _effects(call)
+
+
+def _hangup(session: Session, event: TelnyxEvent) -> Effects:
+    call = _find_call(session, event)
+    if call is None:
+        return Effects()
+    cause = str(event.payload.get("hangup_cause") or "unspecified")
+    answered = call.status == S.IN_PROGRESS
+    final = S.COMPLETED if answered else UNANSWERED_END.get(cause, S.FAILED)
+    if not _move(call, final, event):
+        return _effects(call)
+    call.hangup_cause = cause
+    call.ended_at = event.occurred_at or _now()
+    call.duration_seconds = (
+        max(0.0, (call.ended_at - call.answered_at).total_seconds()) if call.answered_at else 0.0
+    )
+    effects = _effects(call)
+    effects.finished = True
+    return effects
+
+
+def _machine_detected(session: Session, event: TelnyxEvent) -> Effects:
+    call = _find_call(session, event)
+    if call is not None:
+        call.machine_detection = str(event.payload.get("result") or "not_sure")
+    return _effects(call)
+
+
+def _recording_saved(session: Session, event: TelnyxEvent) -> Effects:
+    call = _find_call(session, event)
+    if call is not None:
+        urls = (
+            event.payload.get("public_recording_urls") or event.payload.get("recording_urls") or {}
+        )
+        call.recording_url = urls.get("mp3") or urls.get("wav") or call.recording_url
+    return _effects(call)
+
+
+def _streaming_failed(session: Session, event: TelnyxEvent) -> Effects:
+    call = _find_call(session, event)
+    log.warning(
+        "media stream failed",
+        extra={
+            "call_id": str(call.id) if call else None,
+            "reason": event.payload.get("failure_reason"),
+        },
+    )
+    return _effects(call)
+
+
+_HANDLERS = {
+    "call.initiated": _initiated,
+    "call.answered": _answered,
+    "call.hangup": _hangup,
+    "call.machine.detection.ended": _machine_detected,
+    "call.machine.premium.detection.ended": _machine_detected,
+    "call.recording.saved": _recording_saved,
+    "streaming.failed": _streaming_failed,
+}
+
+
+def _find_call(session: Session, event: TelnyxEvent) -> Call | None:
+    """By call_control_id; else by our call id in client_state (an outbound call whose
+    dial response has not been stored yet); else by call session (recording events)."""
+    ccid = event.call_control_id
+    if ccid:
+        call = session.scalar(
+            select(Call).where(Call.telnyx_call_control_id == ccid).with_for_update()
+        )
+        if call is not None:
+            return call
+    call = _by_client_state(session, event)
+    if call is None and event.payload.get("call_session_id"):
+        call = session.scalar(
+            select(Call)
+            .where(Call.telnyx_call_session_id == event.payload["call_session_id"])
+            .with_for_update()
+        )
+    return call
+
+
+def _by_client_state(session: Session, event: TelnyxEvent) -> Call | None:
+    raw = decode_client_state(event.payload.get("client_state"))
+    try:
+        call_id = uuid.UUID(raw) if raw else None
+    except ValueError:
+        return None
+    call = session.get(Call, call_id, with_for_update=True) if call_id else None
+    if call is None:
+        return None
+    ccid = event.call_control_id
+    if call.telnyx_call_control_id and ccid and call.telnyx_call_control_id != ccid:
+        log.warning(
+            "client_state names a call of another leg: ignored", extra={"call_id": str(call.id)}
+        )
+        return None
+    if ccid and not call.telnyx_call_control_id:
+        call.telnyx_call_control_id = ccid
+        call.telnyx_call_session_id = event.payload.get("call_session_id")
+    return call
+
+
+def _move(call: Call, target: CallStatus, event: TelnyxEvent) -> bool:
+    if call.status == target:
+        return False
+    if not can_move(call.status, target):
+        log.info(
+            "event ignored: illegal status transition",
+            extra={
+                "call_id": str(call.id),
+                "from": call.status,
+                "to": str(target),
+                "event": event.type,
+            },
+        )
+        return False
+    call.status = target
+    call.updated_at = _now()
+    return True
+
+
+def _customer_for(session: Session, organization_id: uuid.UUID, phone: str) -> uuid.UUID | None:
+    """The tenant's customer with this phone, created on first call so memory can build up."""
+    if not phone.startswith("+"):
+        return None
+    customer = session.scalar(
+        select(Customer).where(Customer.organization_id == organization_id, Customer.phone == phone)
+    )
+    if customer is None:
+        customer = Customer(organization_id=organization_id, phone=phone)
+        session.add(customer)
+        session.flush()
+    return customer.id
+
+
+def _effects(call: Call | None) -> Effects:
+    return Effects(call.organization_id, call.id) if call else Effects()
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)

@@ -113,9 +113,33 @@ def _child_env(endpoints: Endpoints) -> dict[str, str]:
     return env
 
 
+def _stack_file(settings: Settings) -> Path:
+    return settings.data_dir.resolve() / "stack.env"
+
+
+def attach(settings: Settings) -> Settings:
+    """Settings pointing at the stack `scripts/run` is running (for scripts and tools)."""
+    if settings.database_url and settings.redis_url:
+        return settings
+    path = _stack_file(settings)
+    if not path.exists():
+        raise SystemExit("no running stack found: start it with scripts/run (or set the URLs)")
+    values = dict(line.split("=", 1) for line in path.read_text().splitlines() if "=" in line)
+    return settings.model_copy(
+        update={
+            "database_url": settings.database_url or values["DATABASE_URL"],
+            "redis_url": settings.redis_url or values["REDIS_URL"],
+        }
+    )
+
+
 def run_stack(settings: Settings) -> int:
     with services(settings) as endpoints:
         upgrade(endpoints.database_url)
+        stack_file = _stack_file(settings)
+        stack_file.write_text(
+            f"DATABASE_URL={endpoints.database_url}\nREDIS_URL={endpoints.redis_url}\n"
+        )
         env = _child_env(endpoints)
         procfile = parse_procfile((ROOT / "Procfile").read_text())
         manager = Manager(Printer(sys.stdout))
@@ -129,7 +153,10 @@ def run_stack(settings: Settings) -> int:
             "Ctrl-C stops everything.",
             flush=True,
         )
-        manager.loop()
+        try:
+            manager.loop()
+        finally:
+            stack_file.unlink(missing_ok=True)
         return manager.returncode or 0
 
 

@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import psycopg
 import pytest
 import redis
 from flask.testing import FlaskClient
-from sqlalchemy import Engine
+from sqlalchemy import Engine, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.config import Settings, load_settings
@@ -36,6 +38,27 @@ def engine(settings: Settings) -> Iterator[Engine]:
     engine = make_engine(settings.require_database_url(), pool_size=5)
     yield engine
     engine.dispose()
+
+
+@contextmanager
+def scratch_database(settings: Settings, prefix: str) -> Iterator[str]:
+    """A new, empty database on the test server, dropped afterwards."""
+    url = make_url(settings.require_database_url())
+    name = f"{prefix}_{uuid.uuid4().hex[:8]}"
+    admin = url.set(drivername="postgresql").render_as_string(hide_password=False)
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield url.set(database=name).render_as_string(hide_password=False)
+    finally:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def empty_database(settings: Settings) -> Iterator[str]:
+    with scratch_database(settings, "migrations") as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

@@ -19,6 +19,8 @@ def main() -> None:
     shutil.rmtree(metrics_dir, ignore_errors=True)
     metrics_dir.mkdir(parents=True)
     os.environ["dramatiq_prom_db"] = str(metrics_dir)
+    # prometheus_client picks file-backed (multiprocess) values when it is first imported.
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
     os.environ["dramatiq_prom_host"] = settings.bind_host
     os.environ["dramatiq_prom_port"] = str(settings.worker_metrics_port)
     # Poll idle queues every 100 ms, not 1 s: answering a ringing call goes through here.

@@ -2,28 +2,10 @@
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Iterator
+from sqlalchemy import create_engine, inspect
 
-import psycopg
-import pytest
-from sqlalchemy import create_engine, inspect, make_url
-
-from shared.config import Settings
 from shared.db.migrate import downgrade, upgrade
 from shared.db.models import Base
-
-
-@pytest.fixture
-def empty_database(settings: Settings) -> Iterator[str]:
-    url = make_url(settings.require_database_url())
-    name = f"migrations_{uuid.uuid4().hex[:8]}"
-    admin = url.set(drivername="postgresql").render_as_string(hide_password=False)
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    yield url.set(database=name).render_as_string(hide_password=False)
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
 
 
 def _tables(url: str) -> set[str]:

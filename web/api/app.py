@@ -19,12 +19,12 @@ from shared.queue.broker import build_broker
 from web import http_common
 from web.api import agents, auth, calls, context, customers, ops, problems
 from web.api.routing import API_PREFIX
-from web.api.webhooks import stripe, telnyx
+from web.api.webhooks import hubspot, stripe, telnyx
 
 WEBHOOK_PREFIX = f"{API_PREFIX}/webhooks"
 
 BLUEPRINTS = (auth.bp, auth.keys_bp, agents.bp, agents.numbers_bp, customers.bp, calls.bp)
-WEBHOOKS = (*telnyx.blueprints, *stripe.blueprints)
+WEBHOOKS = (*telnyx.blueprints, *stripe.blueprints, *hubspot.blueprints)
 
 
 def create_app(

@@ -1,3 +1,3 @@
 """Actor families, one module each. Importing this package registers them all."""
 
-from workers.actors import post_call, telephony  # noqa: F401
+from workers.actors import crm, post_call, telephony  # noqa: F401

@@ -1,0 +1,21 @@
+# One image for the three processes (web, voice, worker); docker-compose picks the command.
+FROM python:3.11-slim
+
+ENV PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 PIP_NO_CACHE_DIR=1 \
+    DATA_DIR=/data BIND_HOST=0.0.0.0
+WORKDIR /app
+
+COPY requirements.txt .
+RUN pip install -r requirements.txt
+
+COPY shared ./shared
+COPY web ./web
+COPY workers ./workers
+COPY sql ./sql
+COPY scripts ./scripts
+COPY alembic.ini Procfile ./
+
+RUN useradd --create-home --uid 1000 switchboard && mkdir -p /data && chown switchboard /data
+USER switchboard
+EXPOSE 8000 8001 9191
+CMD ["gunicorn", "--config", "python:web.api.gunicorn_conf", "web.api.wsgi:app"]

@@ -1,0 +1,1 @@
+"""CRM: HubSpot contacts and call engagements (official SDK) and HubSpot webhook verification."""

@@ -1,0 +1,189 @@
+"""End-to-end fixtures: a migrated database of its own, a Redis db of its own, fake
+providers, the web app with real (committing) sessions, and real worker processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from flask.testing import FlaskClient
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from scripts.fakes.http_fake import HttpFake
+from scripts.fakes.telnyx_api import start_fake_telnyx
+from scripts.fakes.telnyx_events import TelnyxSigner
+from shared.config import Settings
+from shared.db.engine import make_engine, make_session_factory
+from shared.db.migrate import upgrade
+from shared.queue.broker import build_broker
+from tests.conftest import scratch_database
+from web.api.app import create_app
+
+ROOT = Path(__file__).resolve().parents[2]
+E2E_REDIS_DB = 3
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 20.0, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def e2e_settings(settings: Settings) -> Iterator[Settings]:
+    with scratch_database(settings, "e2e") as database_url:
+        upgrade(database_url)
+        redis_url = redis.Redis.from_url(
+            settings.require_redis_url()
+        ).connection_pool.connection_kwargs
+        url = f"redis://{redis_url.get('host', '127.0.0.1')}:{redis_url.get('port', 6379)}/{E2E_REDIS_DB}"
+        redis.Redis.from_url(url).flushdb()
+        yield settings.model_copy(
+            update={"database_url": database_url, "redis_url": url, "telnyx_public_key": None}
+        )
+
+
+@pytest.fixture(scope="module")
+def e2e_engine(e2e_settings: Settings) -> Iterator[Engine]:
+    engine = make_engine(e2e_settings.require_database_url(), pool_size=3)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture(scope="module")
+def e2e_sessions(e2e_engine: Engine) -> sessionmaker[Session]:
+    return make_session_factory(e2e_engine)
+
+
+@pytest.fixture(scope="module")
+def fake_telnyx() -> Iterator[HttpFake]:
+    fake = start_fake_telnyx()
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture(scope="module")
+def signer() -> TelnyxSigner:
+    return TelnyxSigner()
+
+
+@pytest.fixture(scope="module")
+def provider_env(e2e_settings: Settings, fake_telnyx: HttpFake) -> dict[str, str]:
+    """Environment shared by the web app under test and the worker processes."""
+    return {
+        "DATABASE_URL": e2e_settings.require_database_url(),
+        "REDIS_URL": e2e_settings.require_redis_url(),
+        "SECRET_KEY": e2e_settings.signing_key,
+        "TELNYX_API_KEY": "KEY-e2e",
+        "TELNYX_API_URL": fake_telnyx.url + "/v2",
+        "TELNYX_CONNECTION_ID": "conn-e2e",
+    }
+
+
+@pytest.fixture(scope="module")
+def web(
+    e2e_settings: Settings,
+    e2e_sessions: sessionmaker[Session],
+    signer: TelnyxSigner,
+    provider_env: dict[str, str],
+) -> FlaskClient:
+    configured = e2e_settings.model_copy(update={"telnyx_public_key": signer.public_key})
+    broker = build_broker(configured)
+    return create_app(configured, session_factory=e2e_sessions, broker=broker).test_client()
+
+
+@dataclass
+class WorkerProcess:
+    process: subprocess.Popen[bytes]
+    log_path: Path
+    metrics_port: int
+    _log: Any = field(repr=False, default=None)
+
+    def log_lines(self) -> list[dict[str, Any]]:
+        lines = []
+        for line in self.log_path.read_text(errors="replace").splitlines():
+            if line.startswith("{"):
+                try:
+                    lines.append(json.loads(line))
+                except ValueError:
+                    continue
+        return lines
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def kill(self) -> None:
+        """SIGKILL the whole process group: no shutdown, no acks, no rollback sent."""
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=10)
+
+
+@pytest.fixture
+def start_worker(
+    provider_env: dict[str, str], tmp_path: Path
+) -> Iterator[Callable[..., WorkerProcess]]:
+    started: list[WorkerProcess] = []
+
+    def start(**extra_env: str) -> WorkerProcess:
+        port = free_port()
+        log_path = tmp_path / f"worker-{len(started)}.log"
+        env = {
+            **os.environ,
+            **provider_env,
+            "DATA_DIR": str(tmp_path / f"worker-data-{len(started)}"),
+            "WORKER_METRICS_PORT": str(port),
+            "WORKER_THREADS": "2",
+            "LOG_FORMAT": "json",
+            "PYTHONPATH": str(ROOT),
+            **extra_env,
+        }
+        log = log_path.open("wb")
+        process = subprocess.Popen(
+            [sys.executable, "-m", "workers.main"],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        worker = WorkerProcess(process, log_path, port, log)
+        started.append(worker)
+        wait_for(
+            lambda: "Worker process is ready" in log_path.read_text(errors="replace"),
+            30,
+            "the worker to boot",
+        )
+        return worker
+
+    yield start
+    for worker in started:
+        worker.stop()
+        worker._log.close()

@@ -18,6 +18,7 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "installing requirements into .venv" >&2
   .venv/bin/python -m pip install --quiet --upgrade pip
   .venv/bin/python -m pip install --quiet -r requirements.txt -r requirements-dev.txt
+  .venv/bin/python -m pip install --quiet --no-deps -r requirements-nodeps.txt
   echo "$want" > "$stamp"
 fi
 # The embedded PostgreSQL keeps its lock file under the runtime dir.

@@ -101,6 +101,26 @@ def services(
         yield Endpoints(database_url=database_url, redis_url=redis_url)
 
 
+SIMULATOR_TELNYX_PORT = 8079
+
+
+def local_telnyx(settings: Settings) -> dict[str, str]:
+    """With no Telnyx credentials: a local Ed25519 key pair (kept under DATA_DIR; the
+    simulator signs webhooks with it) and Call Control pointed at the simulator's loopback
+    port. A local key is still a key: unsigned webhooks stay rejected."""
+    if settings.telnyx_api_key or settings.telnyx_public_key:
+        return {}
+    from scripts.fakes.telnyx_events import load_or_create_signer
+
+    signer = load_or_create_signer(settings.data_dir.resolve() / "telnyx_signing_key")
+    return {
+        "TELNYX_PUBLIC_KEY": signer.public_key,
+        "TELNYX_API_KEY": "local-simulator",
+        "TELNYX_API_URL": f"http://127.0.0.1:{SIMULATOR_TELNYX_PORT}/v2",
+        "TELNYX_CONNECTION_ID": "local-simulator",
+    }
+
+
 def _child_env(endpoints: Endpoints) -> dict[str, str]:
     env = dict(os.environ)
     env.update(
@@ -140,7 +160,7 @@ def run_stack(settings: Settings) -> int:
         stack_file.write_text(
             f"DATABASE_URL={endpoints.database_url}\nREDIS_URL={endpoints.redis_url}\n"
         )
-        env = _child_env(endpoints)
+        env = _child_env(endpoints) | local_telnyx(settings)
         procfile = parse_procfile((ROOT / "Procfile").read_text())
         manager = Manager(Printer(sys.stdout))
         for name, proc in procfile.processes.items():

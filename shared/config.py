@@ -60,6 +60,12 @@ class Settings(BaseSettings):
     embeddings_provider: Literal["google", "local"] | None = None
     sentiment_provider: Literal["groq", "local"] | None = None
 
+    # Agent audio to Telnyx: chunk size, and how far ahead of the caller's ear we stay.
+    voice_chunk_ms: int = 100
+    voice_lead_ms: int = 200
+    # Local STT: caller silence that ends a turn.
+    voice_silence_ms: int = 500
+
     otel_exporter_otlp_endpoint: str | None = None
     log_format: Literal["json", "text"] = "json"
     log_level: str = "INFO"

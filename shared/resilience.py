@@ -20,6 +20,8 @@ from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any, TypeVar
 
+import httpx
+import httpx2
 import pybreaker
 import requests
 import urllib3
@@ -42,12 +44,9 @@ _NETWORK_ERRORS: tuple[type[BaseException], ...] = (
     urllib3.exceptions.TimeoutError,
     urllib3.exceptions.ProtocolError,
 )
-try:
-    import httpx
-
-    _NETWORK_ERRORS += (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError)
-except ImportError:  # pragma: no cover - httpx arrives with the SDKs that use it
-    pass
+# httpx carries groq, deepgram and cartesia; google-genai uses its fork httpx2.
+for _httpx in (httpx, httpx2):
+    _NETWORK_ERRORS += (_httpx.TimeoutException, _httpx.NetworkError, _httpx.RemoteProtocolError)
 
 _STATE_CODES = {pybreaker.STATE_CLOSED: 0, pybreaker.STATE_HALF_OPEN: 1, pybreaker.STATE_OPEN: 2}
 
@@ -237,6 +236,13 @@ class Guard(pybreaker.CircuitBreakerListener):
         log.warning("provider %s circuit %s -> %s", self.provider, old, new_state.name)
 
 
+# Providers on the live call path fail fast (the loop falls back to a local provider);
+# background ones (CRM, embeddings, call control) can afford to wait and retry.
+LIVE_CALL = Policy(
+    timeout=3.0, attempts=2, backoff=0.1, backoff_cap=0.5, max_retry_after=1.0, reset_timeout=15.0
+)
+POLICIES: dict[str, Policy] = {"deepgram": LIVE_CALL, "cartesia": LIVE_CALL, "groq": LIVE_CALL}
+
 _guards: dict[str, Guard] = {}
 _guards_lock = threading.Lock()
 
@@ -247,7 +253,9 @@ def guard(provider: str, policy: Policy | None = None) -> Guard:
     with _guards_lock:
         existing = _guards.get(provider)
         if existing is None:
-            existing = _guards[provider] = Guard(provider, policy or Policy())
+            existing = _guards[provider] = Guard(
+                provider, policy or POLICIES.get(provider, Policy())
+            )
         elif policy is not None and policy != existing.policy:
             msg = f"guard {provider!r} already exists with {existing.policy}"
             raise ValueError(msg)

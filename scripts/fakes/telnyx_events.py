@@ -7,6 +7,7 @@ import json
 import time
 import uuid
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from nacl.signing import SigningKey
@@ -30,6 +31,17 @@ class TelnyxSigner:
             "telnyx-timestamp": ts,
             "Content-Type": "application/json",
         }
+
+
+def load_or_create_signer(path: Path) -> TelnyxSigner:
+    """The local key pair scripts/run and scripts/simulate-call share (private key 0600)."""
+    if path.exists():
+        return TelnyxSigner(SigningKey(base64.b64decode(path.read_text().strip())))
+    signer = TelnyxSigner()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(base64.b64encode(bytes(signer.key)).decode())
+    path.chmod(0o600)
+    return signer
 
 
 def envelope(event_type: str, payload: dict[str, Any], event_id: str | None = None) -> bytes:

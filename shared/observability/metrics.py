@@ -80,3 +80,37 @@ class _Forward(Collector):
 
     def collect(self) -> Iterable[Metric]:
         return self.registry.collect()
+
+
+# -- the voice loop -------------------------------------------------------------------
+_VOICE_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1, 1.5, 2, 3, 5)
+VOICE_STT_LATENCY = Histogram(
+    "voice_stt_final_latency_seconds",
+    "End of caller speech → final transcript",
+    buckets=_VOICE_BUCKETS,
+)
+VOICE_LLM_TTFT = Histogram(
+    "voice_llm_ttft_seconds", "LLM request → first token", buckets=_VOICE_BUCKETS
+)
+VOICE_TTS_TTFA = Histogram(
+    "voice_tts_first_audio_seconds", "First text to TTS → first audio back", buckets=_VOICE_BUCKETS
+)
+VOICE_TO_VOICE = Histogram(
+    "voice_to_voice_seconds",
+    "End of caller speech → first agent audio frame sent",
+    buckets=_VOICE_BUCKETS,
+)
+VOICE_LOOP_OVERHEAD = Histogram(
+    "voice_loop_overhead_seconds",
+    "Voice-to-voice minus the provider stages: the loop's own cost",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5),
+)
+VOICE_ACTIVE_CALLS = Gauge("voice_active_calls", "Calls in progress", multiprocess_mode="livesum")
+VOICE_BARGE_INS = Counter("voice_barge_ins_total", "Agent audio cut by caller speech")
+VOICE_FALLBACKS = Counter(
+    "voice_provider_fallbacks_total", "Calls switched to a local provider", ["stage", "provider"]
+)
+VOICE_REJECTED_STREAMS = Counter(
+    "voice_rejected_streams_total", "Media streams refused at connect", ["reason"]
+)
+VOICE_BAD_FRAMES = Counter("voice_bad_frames_total", "Inbound frames dropped", ["reason"])

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from sqlalchemy import select
-from sqlalchemy.orm import Session, selectinload
+from sqlalchemy.orm import Session, joinedload
 
 from shared.db.models import Call
 from shared.errors import NotFound
@@ -44,11 +44,13 @@ def list_calls(
 
 
 def get_with_turns(session: Session, principal: Principal, call_id: uuid.UUID) -> Call:
-    call = session.scalar(
+    # One round trip: for a single call a join is cheaper than selectin's second query.
+    stmt = (
         select(Call)
         .where(Call.id == call_id, Call.organization_id == principal.organization_id)
-        .options(selectinload(Call.turns))
+        .options(joinedload(Call.turns))
     )
+    call = session.scalars(stmt).unique().one_or_none()
     if call is None:
         raise NotFound("call")
     return call

@@ -1,16 +1,30 @@
-"""The `voice` process's Flask app. The media-stream loop arrives with the voice issue;
-until then it serves /healthz and /metrics."""
+"""The `voice` process's Flask app: the Telnyx media-stream websocket, /healthz, /metrics."""
 
 from __future__ import annotations
 
 from flask import Flask
+from flask_sock import Sock
 
 from shared.config import Settings
 from web import http_common
+from web.voice.media import media_stream
+from web.voice.runtime import VoiceRuntime
+
+# Telnyx media frames are ~300 bytes; nothing legitimate comes near this.
+MAX_MESSAGE_BYTES = 64 * 1024
 
 
-def create_app(settings: Settings) -> Flask:
+def create_app(settings: Settings, runtime: VoiceRuntime) -> Flask:
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    app.config["SOCK_SERVER_OPTIONS"] = {"max_message_size": MAX_MESSAGE_BYTES, "ping_interval": 25}
+    app.extensions["voice"] = runtime
     http_common.install(app, "voice")
+    Sock(app).route("/media/telnyx")(media_stream)
+
+    @app.get("/readyz")
+    def readyz() -> tuple[dict[str, str], int]:
+        """503 until the local models (STT, TTS, embeddings) are loaded."""
+        return ({"status": "ready"}, 200) if runtime.ready else ({"status": "warming up"}, 503)
+
     return app

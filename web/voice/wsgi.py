@@ -1,9 +1,26 @@
-"""gunicorn entry point of the `voice` process."""
+"""gunicorn entry point of the `voice` process (one gevent worker holds every live call)."""
 
 from shared.config import load_settings
+from shared.db.engine import make_engine, make_session_factory
 from shared.observability.logging import setup_logging
+from shared.observability.tracing import setup_tracing
+from shared.providers.registry import build_providers
+from shared.queue.broker import build_broker
+from shared.voice.call_loop import LoopConfig
 from web.voice.app import create_app
+from web.voice.runtime import VoiceRuntime
 
 settings = load_settings()
 setup_logging("voice", fmt=settings.log_format, level=settings.log_level)
-app = create_app(settings)
+setup_tracing("voice", settings)
+runtime = VoiceRuntime(
+    settings=settings,
+    sessions=make_session_factory(
+        make_engine(settings.require_database_url(), pool_size=settings.db_pool_size)
+    ),
+    providers=build_providers(settings),
+    broker=build_broker(settings),
+    loop_config=LoopConfig(chunk_ms=settings.voice_chunk_ms, lead_ms=settings.voice_lead_ms),
+)
+runtime.warm_up()
+app = create_app(settings, runtime)

@@ -32,11 +32,16 @@ def stream_url(call: Call) -> str:
 
 
 @actor(CALL_CONTROL)
-def call_control(command: str, call_control_id: str, call_id: str) -> None:
-    """Answer with a media stream bound to the call, or hang up."""
+def call_control(command: str, call_control_id: str, call_id: str, argument: str = "") -> None:
+    """Answer with a media stream bound to the call, hang up, or transfer to `argument`."""
     client = _client()
     if command == "hangup":
         client.hangup(call_control_id, command_id=f"{call_control_id}:hangup")
+        return
+    if command == "transfer":
+        client.transfer(
+            call_control_id, to=argument, command_id=f"{call_control_id}:transfer:{argument}"
+        )
         return
     call = db().get(Call, uuid.UUID(call_id))
     if call is None or call.status not in (CallStatus.RINGING, CallStatus.QUEUED):

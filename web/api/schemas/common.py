@@ -32,6 +32,23 @@ class Input(BaseModel):
 
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
+    @classmethod
+    def model_json_schema(cls, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        """As pydantic's, but the default (argument-less) schema is built once per model.
+
+        flask-openapi3 asks for it on every request with a query model, only to look up
+        which fields are lists, and pydantic builds it afresh each time: a few ms per
+        request. Callers must not mutate the cached dict (flask-openapi3 only reads it).
+        """
+        if args or kwargs:
+            return super().model_json_schema(*args, **kwargs)
+        if (schema := _DEFAULT_SCHEMAS.get(cls)) is None:
+            schema = _DEFAULT_SCHEMAS[cls] = super().model_json_schema()
+        return schema
+
+
+_DEFAULT_SCHEMAS: dict[type[Input], dict[str, Any]] = {}
+
 
 class Output(BaseModel):
     model_config = ConfigDict(from_attributes=True)

@@ -1,0 +1,124 @@
+"""A client websocket over a plain socket, driven by its owner: no threads of its own.
+
+`websockets`' sans-I/O `ClientProtocol` does the framing (masking is C-accelerated); the
+owner reads the socket when a selector says so and calls `feed`. Not thread-safe: the owner
+serialises calls (FakeTelnyxCall holds its lock around every one).
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+
+from websockets.client import ClientProtocol
+from websockets.frames import Frame, Opcode
+from websockets.protocol import State
+from websockets.uri import parse_uri
+
+OPEN_TIMEOUT = 5.0
+SEND_TIMEOUT = 10.0  # a server that stops reading for this long is treated as gone
+MAX_MESSAGE = 16 * 2**20  # Telnyx accepts up to 30 s of audio in one media message
+RECV_BYTES = 1 << 18
+
+Message = tuple[bool, bytes]  # (binary?, payload)
+
+
+class WebSocketPipe:
+    """One open client websocket: send text/binary/close, feed received bytes."""
+
+    def __init__(self, sock: socket.socket, protocol: ClientProtocol) -> None:
+        self.sock = sock
+        self.protocol = protocol
+        self.early: list[Message] = []  # messages that came with the handshake response
+        self._fragments: list[Frame] = []
+
+    @classmethod
+    def open(cls, url: str, headers: dict[str, str]) -> WebSocketPipe:
+        """Connect to a ws:// URL and complete the opening handshake (blocking)."""
+        uri = parse_uri(url)
+        if uri.secure:
+            raise ValueError("the fake speaks ws:// to local servers only")
+        protocol = ClientProtocol(uri, max_size=MAX_MESSAGE)
+        sock = socket.create_connection((uri.host, uri.port), timeout=OPEN_TIMEOUT)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        request = protocol.connect()
+        for name, value in headers.items():
+            request.headers[name] = value
+        protocol.send_request(request)
+        sock.sendall(b"".join(protocol.data_to_send()))
+        pipe = cls(sock, protocol)
+        while protocol.state is State.CONNECTING:
+            pipe.early += pipe.feed(sock.recv(RECV_BYTES))
+        # A server that accepts and closes at once (a refused stream) can send its close
+        # frame in the same packet as the 101: the handshake still succeeded.
+        if protocol.handshake_exc is not None:
+            sock.close()
+            raise ConnectionError(
+                f"websocket handshake with {url} failed: {protocol.handshake_exc!r}"
+            )
+        sock.settimeout(SEND_TIMEOUT)
+        return pipe
+
+    def send_text(self, text: str) -> None:
+        """Send one text message (raises OSError if the socket is gone)."""
+        self.protocol.send_text(text.encode())
+        self._flush()
+
+    def send_binary(self, data: bytes) -> None:
+        """Send one binary message."""
+        self.protocol.send_binary(data)
+        self._flush()
+
+    def send_close(self, code: int = 1000) -> None:
+        """Start the closing handshake."""
+        self.protocol.send_close(code)
+        self._flush()
+
+    def feed(self, data: bytes) -> list[Message]:
+        """Take bytes read from the socket (b"" at EOF); returns the complete messages."""
+        if data:
+            self.protocol.receive_data(data)
+        else:
+            self.protocol.receive_eof()
+        messages: list[Message] = []
+        for event in self.protocol.events_received():
+            if isinstance(event, Frame) and event.opcode in _DATA:
+                self._fragments.append(event)
+                if event.fin:
+                    body = b"".join(f.data for f in self._fragments)
+                    messages.append((self._fragments[0].opcode is Opcode.BINARY, body))
+                    self._fragments = []
+        self._flush()  # pongs and the closing handshake
+        return messages
+
+    @property
+    def writable(self) -> bool:
+        """True while messages can be sent (not once either side has started closing)."""
+        return self.protocol.state is State.OPEN
+
+    @property
+    def closed(self) -> bool:
+        """True once the websocket (and its TCP connection) has closed."""
+        return self.protocol.state is State.CLOSED
+
+    @property
+    def close_reason(self) -> str:
+        """The server's close code and reason, or "no close frame"."""
+        close = self.protocol.close_rcvd
+        return "no close frame" if close is None else f"{close.code} {close.reason}".strip()
+
+    def close_socket(self, *, abort: bool = False) -> None:
+        """Close the TCP connection; `abort` resets it (a dropped line, no FIN, no close)."""
+        if abort:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.sock.close()
+
+    def _flush(self) -> None:
+        out = self.protocol.data_to_send()
+        if data := b"".join(out):
+            self.sock.sendall(data)
+        if out and out[-1] == b"":
+            self.sock.shutdown(socket.SHUT_WR)
+
+
+_DATA = (Opcode.TEXT, Opcode.BINARY, Opcode.CONT)

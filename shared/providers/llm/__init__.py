@@ -1,0 +1,1 @@
+"""Language model: Groq streaming chat with tools, or the local deterministic agent."""

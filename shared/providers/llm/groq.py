@@ -1,0 +1,240 @@
+"""Groq streaming chat completions with the end_call / transfer_call tools.
+
+The request is opened through the guard (429 with Retry-After, 5xx and network errors are
+retried there; the SDK's own retries are off). Once tokens flow, a failure is not retried:
+it raises `LlmStreamError` and the call loop falls back. Closing the generator closes the
+HTTP response, so the server stops generating for a caller who interrupted.
+
+The system prompt is kept short on purpose: Groq's time to first token grows with input
+tokens, so knowledge, memories and insights arrive pre-selected and are trimmed here.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Generator, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import groq
+import httpx
+from groq import Groq
+from groq.types.chat import ChatCompletionChunk
+from groq.types.chat.chat_completion_chunk import ChoiceDeltaToolCall
+
+from shared.config import Settings
+from shared.providers.llm.base import AgentContext, ChatMessage, LlmEvent, LlmEventKind
+from shared.resilience import guard
+
+log = logging.getLogger(__name__)
+
+PROVIDER = "groq"
+DEFAULT_MODEL = "llama-3.3-70b-versatile"
+MAX_KNOWLEDGE = 5
+MAX_MEMORIES = 3
+VOICE_RULES = (
+    "You are speaking with a caller on the phone. Reply in one to three short sentences "
+    "of plain spoken language: no markdown, lists, emojis or links. Ask at most one question "
+    "at a time. If you do not know something, say so and offer to take a message; never "
+    "invent facts, prices or policies."
+)
+
+
+class LlmError(Exception):
+    """Groq refused the request (a permanent error such as 400 or 401)."""
+
+
+class LlmStreamError(LlmError):
+    """The reply broke off after streaming had started."""
+
+
+def _clip(text: str, limit: int) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
+
+
+def system_prompt(context: AgentContext) -> str:
+    """The system prompt for one call: persona, voice rules, caller, knowledge."""
+    parts = [context.persona.strip(), VOICE_RULES]
+    if context.language != "en":
+        parts.append(f"Always reply in the language with code '{context.language}'.")
+    parts.append(f'Start of the call: greet with "{_clip(context.greeting, 300)}"')
+    parts.append(f'When the caller is done, say "{_clip(context.closing, 300)}" and call end_call.')
+    if context.transfer_number:
+        parts.append("If the caller asks for a person, or you cannot help, call transfer_call.")
+    parts.extend(_caller_lines(context))
+    if context.knowledge:
+        facts = [
+            f"Q: {_clip(item.question, 200)} A: {_clip(item.answer, 500)}"
+            for item in context.knowledge[:MAX_KNOWLEDGE]
+        ]
+        parts.append("Knowledge (answer only from this):\n" + "\n".join(facts))
+    return "\n".join(parts)
+
+
+def _caller_lines(context: AgentContext) -> list[str]:
+    who = f"The caller is {_clip(context.customer_name, 80)}" if context.customer_name else ""
+    if context.is_returning_customer:
+        who = (who or "The caller") + ", a returning customer; welcome them back"
+    lines = [who + "."] if who else []
+    if context.memories:
+        notes = [f"- {_clip(m, 200)}" for m in context.memories[:MAX_MEMORIES]]
+        lines.append("Notes from earlier calls:\n" + "\n".join(notes))
+    if context.insights:
+        lines.append(f"Suggested approach: {_clip(context.insights, 300)}")
+    return lines
+
+
+def tools(context: AgentContext) -> list[dict[str, Any]]:
+    """The tools offered: end_call always, transfer_call only with a transfer number."""
+    offered = [
+        _tool(
+            "end_call",
+            "Hang up, after you have said goodbye.",
+            {"reason": {"type": "string", "description": "Why the call ends."}},
+            [],
+        )
+    ]
+    if context.transfer_number:
+        to = {"type": "string", "enum": [context.transfer_number], "description": "E.164."}
+        offered.append(
+            _tool("transfer_call", "Transfer the caller to a person.", {"to": to}, ["to"])
+        )
+    return offered
+
+
+def _tool(
+    name: str, description: str, props: dict[str, Any], required: list[str]
+) -> dict[str, Any]:
+    parameters = {"type": "object", "properties": props, "required": required}
+    return {
+        "type": "function",
+        "function": {"name": name, "description": description, "parameters": parameters},
+    }
+
+
+@dataclass
+class _PendingCall:
+    """One tool call being streamed: its name, then its arguments in fragments."""
+
+    name: str = ""
+    arguments: list[str] = field(default_factory=list)
+
+    def add(self, delta: ChoiceDeltaToolCall) -> None:
+        if delta.function and delta.function.name:
+            self.name = delta.function.name
+        if delta.function and delta.function.arguments:
+            self.arguments.append(delta.function.arguments)
+
+
+class GroqLlm:
+    """`LlmProvider` over Groq's sync SDK client (one per process; thread/greenlet-safe)."""
+
+    name = PROVIDER
+
+    def __init__(
+        self,
+        api_key: str,
+        base_url: str | None = None,
+        model: str = DEFAULT_MODEL,
+        temperature: float = 0.6,
+        max_completion_tokens: int = 200,
+    ) -> None:
+        self.model = model
+        self.temperature = temperature
+        self.max_completion_tokens = max_completion_tokens
+        # The guard passes each attempt its timeout; the SDK must not retry on its own.
+        self._client = Groq(api_key=api_key, base_url=base_url, max_retries=0, timeout=10.0)
+
+    @classmethod
+    def from_settings(cls, settings: Settings, model: str = DEFAULT_MODEL) -> GroqLlm:
+        """The provider configured by GROQ_API_KEY (required) and GROQ_URL."""
+        if not settings.groq_api_key:
+            raise RuntimeError("GROQ_API_KEY is not set: the groq LLM provider needs it")
+        return cls(settings.groq_api_key, settings.groq_url, model)
+
+    def request(self, context: AgentContext, history: list[ChatMessage]) -> dict[str, Any]:
+        """The chat-completions arguments for this turn."""
+        messages = [{"role": "system", "content": system_prompt(context)}]
+        messages += [{"role": m.role, "content": m.content} for m in history]
+        return {
+            "model": self.model,
+            "messages": messages,
+            "stream": True,
+            "temperature": self.temperature,
+            "max_completion_tokens": self.max_completion_tokens,
+            "tools": tools(context),
+            "tool_choice": "auto",
+        }
+
+    def stream(
+        self, context: AgentContext, history: list[ChatMessage]
+    ) -> Generator[LlmEvent, None, None]:
+        """Reply tokens as they arrive, then any tool call, then DONE."""
+        body = self.request(context, history)
+        response = self._open(body)
+        try:
+            yield from self._events(response, context)
+        finally:
+            response.close()
+
+    def _open(self, body: dict[str, Any]) -> groq.Stream[ChatCompletionChunk]:
+        def attempt(timeout: float) -> groq.Stream[ChatCompletionChunk]:
+            return self._client.chat.completions.create(**body, timeout=timeout)
+
+        try:
+            return guard(PROVIDER).call(attempt)
+        except groq.APIStatusError as exc:
+            msg = f"groq refused the request: {exc.status_code} {_error_message(exc)}"
+            raise LlmError(msg) from exc
+
+    def _events(
+        self, response: groq.Stream[ChatCompletionChunk], context: AgentContext
+    ) -> Iterator[LlmEvent]:
+        calls: dict[int, _PendingCall] = {}
+        tokens = 0
+        try:
+            for chunk in response:
+                for choice in chunk.choices:
+                    if choice.delta.content:
+                        tokens += 1
+                        yield LlmEvent(LlmEventKind.TOKEN, text=choice.delta.content)
+                    for delta in choice.delta.tool_calls or ():
+                        calls.setdefault(delta.index, _PendingCall()).add(delta)
+        except (groq.APIError, httpx.HTTPError) as exc:
+            msg = f"groq stream broke after {tokens} tokens: {type(exc).__name__}"
+            raise LlmStreamError(msg) from exc
+        for index in sorted(calls):
+            event = _tool_event(calls[index], context)
+            if event is not None:
+                yield event
+        yield LlmEvent(LlmEventKind.DONE)
+
+
+def _error_message(exc: groq.APIStatusError) -> str:
+    body = exc.body.get("error", exc.body) if isinstance(exc.body, dict) else None
+    message = body.get("message") if isinstance(body, dict) else None
+    return message if isinstance(message, str) else exc.message
+
+
+def _tool_event(call: _PendingCall, context: AgentContext) -> LlmEvent | None:
+    """The TOOL_CALL for an assembled call, or None for one we did not offer."""
+    raw = "".join(call.arguments)
+    try:
+        arguments = json.loads(raw) if raw.strip() else {}
+    except json.JSONDecodeError:
+        log.warning("groq tool call %s had malformed arguments (%d chars)", call.name, len(raw))
+        arguments = {}
+    if not isinstance(arguments, dict):
+        arguments = {}
+    if call.name == "end_call":
+        return LlmEvent(LlmEventKind.TOOL_CALL, tool="end_call", arguments=arguments)
+    if call.name == "transfer_call" and context.transfer_number:
+        # Only ever the configured number, whatever the model wrote (toll fraud by prompt).
+        if arguments.get("to") != context.transfer_number:
+            log.warning("groq transfer_call target replaced by the configured number")
+        to = {"to": context.transfer_number}
+        return LlmEvent(LlmEventKind.TOOL_CALL, tool="transfer_call", arguments=to)
+    log.warning("groq called a tool that was not offered: %s", call.name)
+    return None

@@ -1,0 +1,124 @@
+"""Which provider each stage uses, from `*_PROVIDER` or, unset, the key being present.
+
+Local providers are always built too: they are the fallback a call switches to when a
+real provider fails. Real SDK modules are imported only when configured.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from shared.config import Settings
+from shared.providers.embeddings.base import EmbeddingsProvider
+from shared.providers.embeddings.local import LocalEmbeddings
+from shared.providers.llm.base import LlmProvider
+from shared.providers.llm.local import LocalAgent
+from shared.providers.sentiment.base import SentimentProvider
+from shared.providers.sentiment.local import VaderSentiment
+from shared.providers.stt.base import SttProvider
+from shared.providers.stt.local import LocalStt
+from shared.providers.tts.base import TtsProvider
+from shared.providers.tts.local import PiperTts
+from shared.voice.stages import CallProviders, Stage
+
+log = logging.getLogger(__name__)
+
+
+def uses_real(choice: str | None, key: str | None) -> bool:
+    """An explicit `*_PROVIDER` wins; otherwise the real provider when its key is set."""
+    if choice is not None:
+        return choice != "local"
+    return bool(key)
+
+
+@dataclass
+class ProviderSet:
+    settings: Settings
+    embeddings: EmbeddingsProvider
+    local_stt: LocalStt
+    local_tts: PiperTts
+    local_llm: LocalAgent
+    local_sentiment: VaderSentiment
+    stt: SttProvider
+    llm: LlmProvider
+    sentiment: SentimentProvider
+    real_tts: bool
+
+    def for_call(self) -> CallProviders:
+        """Stages for one call: fallbacks switch per call; Cartesia gets its own socket."""
+        return CallProviders(
+            stt=Stage("stt", self.stt, self.local_stt),
+            tts=Stage("tts", self._tts_for_call(), self.local_tts),
+            llm=Stage("llm", self.llm, self.local_llm),
+            sentiment=Stage("sentiment", self.sentiment, self.local_sentiment),
+        )
+
+    def _tts_for_call(self) -> TtsProvider:
+        if not self.real_tts:
+            return self.local_tts
+        from shared.providers.tts.cartesia import CartesiaTts
+
+        return CartesiaTts(self.settings)
+
+    def warm_up(self) -> None:
+        """Load every local model (they are also the fallbacks). Run off the audio path."""
+        for provider in (self.embeddings, self.local_stt, self.local_tts):
+            warm: Any = getattr(provider, "warm_up", None)
+            if warm is not None:
+                try:
+                    warm()
+                except Exception:
+                    log.exception("warm-up of %s failed", type(provider).__name__)
+
+
+def build_embeddings(settings: Settings) -> EmbeddingsProvider:
+    if uses_real(settings.embeddings_provider, settings.google_api_key):
+        from shared.providers.embeddings.google import GoogleEmbeddings
+
+        return GoogleEmbeddings.from_settings(settings)
+    return LocalEmbeddings()
+
+
+def build_providers(settings: Settings) -> ProviderSet:
+    embeddings = build_embeddings(settings)
+    local_stt = LocalStt(silence_ms=settings.voice_silence_ms)
+    local_llm = LocalAgent(embeddings if embeddings.name == "local" else LocalEmbeddings())
+    local_sentiment = VaderSentiment()
+    stt: SttProvider = local_stt
+    if uses_real(settings.stt_provider, settings.deepgram_api_key):
+        from shared.providers.stt.deepgram import DeepgramStt
+
+        stt = DeepgramStt(settings)
+    llm: LlmProvider = local_llm
+    if uses_real(settings.llm_provider, settings.groq_api_key):
+        from shared.providers.llm.groq import GroqLlm
+
+        llm = GroqLlm.from_settings(settings)
+    sentiment: SentimentProvider = local_sentiment
+    if uses_real(settings.sentiment_provider, settings.groq_api_key):
+        from shared.providers.sentiment.groq import GroqSentiment
+
+        sentiment = GroqSentiment.from_settings(settings)
+    providers = ProviderSet(
+        settings=settings,
+        embeddings=embeddings,
+        local_stt=local_stt,
+        local_tts=PiperTts(),
+        local_llm=local_llm,
+        local_sentiment=local_sentiment,
+        stt=stt,
+        llm=llm,
+        sentiment=sentiment,
+        real_tts=uses_real(settings.tts_provider, settings.cartesia_api_key),
+    )
+    log.info(
+        "providers: stt=%s tts=%s llm=%s sentiment=%s embeddings=%s",
+        stt.name,
+        "cartesia" if providers.real_tts else "local",
+        llm.name,
+        sentiment.name,
+        embeddings.name,
+    )
+    return providers

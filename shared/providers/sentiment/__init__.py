@@ -1,0 +1,1 @@
+"""Sentiment of a caller's turn: Groq (JSON output) or local VADER."""

@@ -1,0 +1,1 @@
+"""Speech-to-text: Deepgram live streaming, or local (Silero VAD + faster-whisper)."""

@@ -1,0 +1,309 @@
+"""Deepgram live STT (Nova, `/v1/listen`) over deepgram-sdk 7.x's synchronous socket client.
+
+One websocket per call, opened through `guard("deepgram")`. A sender worker drains the audio
+queue (so `send()` never waits on the network) and sends a KeepAlive after `keepalive_s`
+without audio; a receiver worker maps Deepgram's messages to SttEvents. Both are
+`threading.Thread`s, i.e. greenlets once gevent has patched threading (the voice process),
+so `on_event` runs in a greenlet there; the SDK's websocket (websockets' sync client) runs
+on the patched sockets and its own reader thread becomes a greenlet too.
+
+Turns: `is_final` results are FINAL segments; `speech_final` (endpointing) ends the turn,
+or `UtteranceEnd` does when endpointing missed. A failure mid-stream (drop, `Error`) is
+kept in `stream.failed` and passed to `on_error` once, so the call can fall back.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
+from typing import TYPE_CHECKING, Any
+
+from deepgram import DeepgramClient
+from deepgram.environment import DeepgramClientEnvironment
+from deepgram.listen.v1.types import (
+    ListenV1Error,
+    ListenV1Results,
+    ListenV1SpeechStarted,
+    ListenV1UtteranceEnd,
+)
+
+from shared.providers.stt.base import SttEvent, SttEventKind
+from shared.resilience import ProviderUnavailable, guard
+
+if TYPE_CHECKING:
+    from deepgram.listen.v1.socket_client import V1SocketClient
+
+    from shared.config import Settings
+
+log = logging.getLogger(__name__)
+
+BYTES_PER_S = 8000  # μ-law, 8 kHz, mono
+COALESCE_BYTES = 1600  # a backlog goes out in messages of up to 200 ms
+CLOSE_WAIT_S = 3.0
+
+
+class DeepgramStreamError(Exception):
+    """Deepgram reported an error or ended the stream before we closed it."""
+
+
+def environment(url: str) -> DeepgramClientEnvironment:
+    """All of the SDK's base URLs pointed at one server (DEEPGRAM_URL, e.g. a local fake)."""
+    ws = url.rstrip("/")
+    scheme, _, rest = ws.partition("://")
+    http = ("https" if scheme == "wss" else "http") + "://" + rest
+    return DeepgramClientEnvironment(base=http, production=ws, agent=ws, agent_rest=http)
+
+
+Connection = tuple[AbstractContextManager[Any], "V1SocketClient"]
+
+
+class DeepgramStream:
+    """One call's live transcription; see the module docstring."""
+
+    def __init__(
+        self,
+        connection: Connection,
+        on_event: Callable[[SttEvent], None],
+        on_error: Callable[[BaseException], None] | None,
+        keepalive_s: float,
+    ) -> None:
+        self.failed: BaseException | None = None
+        self._context, self._socket = connection
+        self._on_event = on_event
+        self._on_error = on_error
+        self._keepalive_s = keepalive_s
+        self._outbox: queue.Queue[bytes | None] = queue.Queue()
+        self._closing = False
+        self._released = False
+        self._lock = threading.Lock()
+        self._received = 0  # audio bytes handed to send()
+        self._received_at = time.monotonic()
+        self._turn: list[str] = []
+        self._turn_end_s = 0.0  # audio time of the turn's last word
+        self._sender = self._spawn(self._send_loop, "deepgram-sender")
+        self._receiver = self._spawn(self._receive_loop, "deepgram-receiver")
+
+    def send(self, pcmu: bytes) -> None:
+        """Queue caller audio for the sender; dropped after close() or a failure."""
+        if self._closing or self.failed is not None or not pcmu:
+            return
+        self._received += len(pcmu)
+        self._received_at = time.monotonic()
+        self._outbox.put(pcmu)
+
+    def close(self) -> None:
+        """Send what is queued and CloseStream, wait (bounded) for the last results (a turn
+        still open ends with them), then close the socket. Idempotent."""
+        with self._lock:
+            if self._closing:
+                return
+            self._closing = True
+        self._outbox.put(None)
+        self._receiver.join(CLOSE_WAIT_S)
+        if self.failed is None and not self._receiver.is_alive():
+            self._end_turn(self._turn_end_s)
+        self._release()
+
+    # -- sending ---------------------------------------------------------------------
+    def _send_loop(self) -> None:
+        try:
+            for chunk in self._chunks():
+                if chunk is None:
+                    self._socket.send_keep_alive()
+                else:
+                    self._socket.send_media(chunk)
+            if self.failed is None:
+                self._socket.send_close_stream()
+        except Exception as exc:
+            self._fail(exc)
+
+    def _chunks(self) -> Iterator[bytes | None]:
+        """Audio to send (a backlog coalesced), None for a KeepAlive; ends at close()."""
+        while self.failed is None:
+            try:
+                item = self._outbox.get(timeout=self._keepalive_s)
+            except queue.Empty:
+                yield None
+                continue
+            if item is None:
+                return
+            chunk = bytearray(item)
+            while len(chunk) < COALESCE_BYTES and not self._outbox.empty():
+                more = self._outbox.get_nowait()
+                if more is None:
+                    yield bytes(chunk)
+                    return
+                chunk += more
+            yield bytes(chunk)
+
+    # -- receiving -------------------------------------------------------------------
+    def _receive_loop(self) -> None:
+        try:
+            for message in self._socket:
+                self._handle(message)
+            if not self._closing:
+                raise DeepgramStreamError("Deepgram closed the stream")
+        except Exception as exc:
+            self._fail(exc)
+
+    def _handle(self, message: Any) -> None:
+        if isinstance(message, ListenV1Results):
+            self._on_results(message)
+        elif isinstance(message, ListenV1SpeechStarted):
+            self._emit(SttEvent(SttEventKind.SPEECH_STARTED, at=time.monotonic()))
+        elif isinstance(message, ListenV1UtteranceEnd):
+            self._end_turn(message.last_word_end)
+        elif isinstance(message, ListenV1Error):
+            raise DeepgramStreamError(f"{message.variant}: {message.description}")
+
+    def _on_results(self, results: ListenV1Results) -> None:
+        alternatives = results.channel.alternatives
+        text = alternatives[0].transcript.strip() if alternatives else ""
+        now = time.monotonic()
+        if not results.is_final:
+            if text:
+                self._emit(SttEvent(SttEventKind.INTERIM, " ".join([*self._turn, text]), now))
+            return
+        if text:
+            words = alternatives[0].words
+            self._turn_end_s = words[-1].end if words else results.start + results.duration
+            self._turn.append(text)
+            ended = self._monotonic_at(self._turn_end_s)
+            self._emit(SttEvent(SttEventKind.FINAL, text, now, ended))
+        if results.speech_final:
+            self._end_turn(self._turn_end_s)
+
+    def _end_turn(self, last_word_end_s: float) -> None:
+        if not self._turn:  # already ended by speech_final, or nothing was said
+            return
+        turn, self._turn = " ".join(self._turn), []
+        ended = self._monotonic_at(last_word_end_s)
+        self._emit(SttEvent(SttEventKind.END_OF_TURN, turn, time.monotonic(), ended))
+
+    def _monotonic_at(self, audio_s: float) -> float:
+        """When the caller spoke audio time `audio_s`: audio arrives in real time, so
+        count back from the newest bytes received."""
+        behind = self._received / BYTES_PER_S - audio_s
+        return min(time.monotonic(), self._received_at - max(0.0, behind))
+
+    def _emit(self, event: SttEvent) -> None:
+        try:
+            self._on_event(event)
+        except Exception:
+            log.exception("STT event handler failed on %s", event.kind)
+
+    # -- failure and clean-up --------------------------------------------------------
+    def _fail(self, exc: BaseException) -> None:
+        with self._lock:
+            if self._closing or self.failed is not None:
+                return
+            self.failed = exc
+        log.warning("Deepgram stream failed: %r", exc)
+        self._outbox.put(None)  # stops the sender
+        self._release()
+        if self._on_error is not None:
+            try:
+                self._on_error(exc)
+            except Exception:
+                log.exception("STT error handler failed")
+
+    def _release(self) -> None:
+        with self._lock:
+            if self._released:
+                return
+            self._released = True
+        try:
+            self._context.__exit__(None, None, None)
+        except Exception as exc:  # the socket is gone either way
+            log.debug("closing the Deepgram socket: %r", exc)
+
+    @staticmethod
+    def _spawn(target: Callable[[], None], name: str) -> threading.Thread:
+        thread = threading.Thread(target=target, name=name, daemon=True)
+        thread.start()
+        return thread
+
+
+class DeepgramStt:
+    """SttProvider over Deepgram's live API; DEEPGRAM_URL points it at another server."""
+
+    name = "deepgram"
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        model: str = "nova-3",
+        endpointing_ms: int = 300,
+        utterance_end_ms: int = 1000,
+        keepalive_s: float = 5.0,
+    ) -> None:
+        if not settings.deepgram_api_key:
+            raise ValueError("DEEPGRAM_API_KEY is not set")
+        options: dict[str, Any] = {"api_key": settings.deepgram_api_key}
+        if settings.deepgram_url:
+            options["environment"] = environment(settings.deepgram_url)
+        self._client = DeepgramClient(**options)
+        self.model = model
+        self.endpointing_ms = endpointing_ms
+        self.utterance_end_ms = utterance_end_ms
+        self.keepalive_s = keepalive_s
+
+    def warm_up(self) -> None:
+        """Nothing to load: a socket is opened per call."""
+
+    def open(
+        self,
+        language: str,
+        on_event: Callable[[SttEvent], None],
+        *,
+        on_error: Callable[[BaseException], None] | None = None,
+    ) -> DeepgramStream:
+        """Open the call's websocket. Raises `ProviderUnavailable` if it cannot."""
+        try:
+            connection = guard("deepgram").call(lambda timeout: self._connect(language, timeout))
+        except ProviderUnavailable:
+            raise
+        except Exception as exc:  # permanent: a rejected key, a bad query or URL
+            # The SDK wraps only legacy websockets' status errors; the sync client raises
+            # websockets' InvalidStatus, whose status is on `.response`.
+            response = getattr(exc, "response", None)
+            status = getattr(exc, "status_code", None) or getattr(response, "status_code", None)
+            reason = f"connect rejected ({status or type(exc).__name__})"
+            raise ProviderUnavailable("deepgram", reason) from exc
+        return DeepgramStream(connection, on_event, on_error, self.keepalive_s)
+
+    def _connect(self, language: str, timeout: float) -> Connection:
+        context = self._client.listen.v1.connect(
+            model=self.model,
+            language=language,
+            encoding="mulaw",
+            sample_rate=BYTES_PER_S,
+            channels=1,
+            interim_results=True,
+            endpointing=self.endpointing_ms,
+            utterance_end_ms=self.utterance_end_ms,
+            vad_events=True,
+            smart_format=True,
+        )
+        with _deadline(timeout):
+            socket = context.__enter__()
+        return context, socket
+
+
+def _deadline(seconds: float) -> AbstractContextManager[Any]:
+    """Bounds the handshake under gevent; the SDK passes no timeout to websockets (whose
+    own open_timeout, 10 s, applies on plain threads)."""
+    from contextlib import nullcontext
+
+    from gevent import monkey
+
+    if not monkey.is_module_patched("socket"):
+        return nullcontext()
+    import gevent
+
+    return gevent.Timeout(seconds, TimeoutError(f"Deepgram handshake over {seconds}s"))

@@ -1,0 +1,1 @@
+"""Text-to-speech: Cartesia websocket streaming, or local Piper."""

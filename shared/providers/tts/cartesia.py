@@ -1,0 +1,291 @@
+"""Cartesia TTS over the SDK's synchronous websocket client (cartesia 4.2.0).
+
+One websocket per provider instance (create one `CartesiaTts` per call and `close()` it at
+hang-up), one context per turn: pieces go out with `continue: true`, `end()` sends an empty
+transcript with `continue: false`, and audio comes back as raw μ-law at 8 kHz, so nothing
+is re-encoded here.
+
+Sending uses the SDK's `WebSocketContext`; receiving does not use its `receive()`, which
+makes whichever context is reading the router and blocks in `recv()`: a cancelled turn
+could not return until the server spoke again, and two turns reading at once would trip
+websockets' one-reader rule. Instead one reader (a greenlet under gevent) routes every
+event by `context_id` to its turn's queue.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any, cast
+
+from cartesia import Cartesia
+from cartesia.resources.tts import WebSocketContext
+from websockets.exceptions import ConnectionClosed
+
+from shared.resilience import ProviderUnavailable, guard
+
+if TYPE_CHECKING:
+    from cartesia.lib._tts import TTSResourceConnection
+    from cartesia.types import VoiceSpecifierParam
+    from cartesia.types.websocket_connection_options import WebsocketConnectionOptions
+    from cartesia.types.websocket_response import WebsocketResponse
+
+    from shared.config import Settings
+
+log = logging.getLogger(__name__)
+
+DEFAULT_URL = "https://api.cartesia.ai"
+MODEL_ID = "sonic-3"
+DEFAULT_VOICE_ID = "6ccbfb76-1fc6-48f7-b71d-91ac6298247b"  # the SDK's own fallback voice
+OUTPUT_FORMAT = {"container": "raw", "encoding": "pcm_mulaw", "sample_rate": 8000}
+_CANCELLED = object()
+_POLL = 0.25  # seconds between checks for a stalled server while waiting for audio
+
+
+class CartesiaTtsError(Exception):
+    """Cartesia ended a turn with an error, went silent, or the connection dropped."""
+
+    def __init__(self, message: str, status_code: int | None = None) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+
+
+def websocket_url(http_url: str) -> str:
+    """The ws(s):// form of an http(s):// base URL."""
+    scheme, _, rest = http_url.partition("://")
+    return ("wss" if scheme == "https" else "ws") + "://" + rest
+
+
+class _Connection:
+    """One open websocket and the reader that hands each event to its turn's queue."""
+
+    def __init__(self, sdk: TTSResourceConnection) -> None:
+        self.sdk = sdk
+        self.alive = True
+        self._turns: dict[str, queue.Queue[Any]] = {}
+        threading.Thread(target=self._read, name="cartesia-reader", daemon=True).start()
+
+    def register(self, context_id: str) -> queue.Queue[Any]:
+        events: queue.Queue[Any] = queue.Queue()
+        self._turns[context_id] = events
+        return events
+
+    def forget(self, context_id: str) -> None:
+        self._turns.pop(context_id, None)
+
+    def close(self) -> None:
+        self.alive = False
+        try:
+            self.sdk.close()
+        except Exception:
+            log.debug("closing the Cartesia websocket failed", exc_info=True)
+
+    def _read(self) -> None:
+        try:
+            while True:
+                raw = self.sdk.recv_bytes()
+                try:
+                    event = self.sdk.parse_event(raw)
+                except ValueError:
+                    log.warning("Cartesia sent a message that is not JSON; ignored")
+                    continue
+                self._route(event)
+        except ConnectionClosed as exc:
+            reason = (
+                f"Cartesia connection closed ({exc.rcvd.code if exc.rcvd else 'no close frame'})"
+            )
+        except Exception as exc:
+            log.exception("Cartesia reader failed")
+            reason = f"Cartesia connection failed: {type(exc).__name__}"
+        if self.alive:  # not closed by us
+            log.warning("%s", reason)
+        self.alive = False
+        for events in list(self._turns.values()):
+            events.put(CartesiaTtsError(reason))
+        self._turns.clear()
+
+    def _route(self, event: WebsocketResponse) -> None:
+        context_id = getattr(event, "context_id", None)
+        if context_id is None and event.type == "error":
+            for events in list(self._turns.values()):  # not about one context: about all
+                events.put(event)
+        elif context_id in self._turns:
+            self._turns[context_id].put(event)
+        # else: a cancelled or finished context's late events
+
+
+class CartesiaTurn:
+    """One agent turn: one Cartesia context on the call's connection."""
+
+    def __init__(
+        self, connection: _Connection, context: WebSocketContext, context_id: str, timeout: float
+    ) -> None:
+        self._connection = connection
+        self._context = context
+        self._id = context_id
+        self._events = connection.register(self._id)
+        self._timeout = timeout
+        self._awaiting_since: float | None = None  # set while a reply is owed
+        self._ended = self._cancelled = self._finished = False
+
+    @property
+    def context_id(self) -> str:
+        return self._id
+
+    def push(self, text: str) -> None:
+        """Send the next piece (`continue: true`). A failure is raised from `audio()`."""
+        if text and not (self._ended or self._cancelled or self._finished):
+            self._send(lambda: self._context.push(text))
+
+    def end(self) -> None:
+        """Send the empty closing input (`continue: false`)."""
+        if not (self._ended or self._cancelled or self._finished):
+            self._ended = True
+            self._send(self._context.no_more_inputs)
+
+    def audio(self) -> Iterator[bytes]:
+        """Decoded μ-law chunks until `done` or `cancel()`; raises `CartesiaTtsError` on a
+        server error, a dropped connection, or no reply within the timeout."""
+        try:
+            while not self._cancelled:
+                event = self._next_event()
+                if event is _CANCELLED or self._cancelled:
+                    return
+                if isinstance(event, CartesiaTtsError):
+                    raise event
+                if event.type == "error":
+                    raise _error(event)
+                if event.type == "chunk" and event.audio:
+                    yield event.audio
+                if event.type == "done" or (event.type == "chunk" and event.done):
+                    return
+        finally:
+            self._finished = True
+            self._connection.forget(self._id)
+
+    def cancel(self) -> None:
+        """Send `cancel` for the context and end `audio()` at once. Idempotent."""
+        if self._cancelled:
+            return
+        self._cancelled = True
+        self._connection.forget(self._id)
+        self._events.put(_CANCELLED)
+        if not self._finished and self._connection.alive:
+            try:
+                self._context.cancel()
+            except Exception:
+                log.debug("sending cancel to Cartesia failed", exc_info=True)
+
+    def _send(self, operation: Any) -> None:
+        if self._awaiting_since is None:
+            self._awaiting_since = time.monotonic()
+        if not self._connection.alive:
+            self._events.put(CartesiaTtsError("Cartesia connection is closed"))
+            return
+        try:
+            operation()
+        except Exception as exc:
+            failure = CartesiaTtsError(f"sending to Cartesia failed: {type(exc).__name__}")
+            failure.__cause__ = exc
+            self._events.put(failure)
+
+    def _next_event(self) -> Any:
+        while True:
+            try:
+                event = self._events.get(timeout=_POLL)
+            except queue.Empty:
+                since = self._awaiting_since
+                if since is not None and time.monotonic() - since > self._timeout:
+                    message = f"no reply from Cartesia in {self._timeout:.1f}s"
+                    raise CartesiaTtsError(message) from None
+                continue
+            # Once ended, `done` is owed: the clock restarts with every event.
+            self._awaiting_since = time.monotonic() if self._ended else None
+            return event
+
+
+def _error(event: Any) -> CartesiaTtsError:
+    status = getattr(event, "status_code", None)
+    text = f"Cartesia error {status}: {event.title or ''} {event.message or ''}".strip()
+    return CartesiaTtsError(text, status)
+
+
+class CartesiaTts:
+    """The Cartesia provider for one call: one websocket, opened by `warm_up()` or the
+    first turn (through `guard("cartesia")`) and reopened if it drops between turns."""
+
+    name = "cartesia"
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        model_id: str = MODEL_ID,
+        default_voice: str = DEFAULT_VOICE_ID,
+        reply_timeout: float = 5.0,
+    ) -> None:
+        if not settings.cartesia_api_key:
+            raise ValueError("CARTESIA_API_KEY is not set")
+        base_url = settings.cartesia_url or DEFAULT_URL
+        self._client = Cartesia(
+            api_key=settings.cartesia_api_key,
+            base_url=base_url,
+            websocket_base_url=websocket_url(base_url),
+        )
+        self._model_id = model_id
+        self._default_voice = default_voice
+        self._reply_timeout = reply_timeout
+        self._connection: _Connection | None = None
+        self._lock = threading.Lock()
+
+    def warm_up(self) -> None:
+        """Open the websocket now, so the first turn does not pay for the handshake."""
+        self._connected()
+
+    def start_turn(self, voice: str | None, language: str) -> CartesiaTurn:
+        """A new context. Raises `ProviderUnavailable` if no connection can be opened."""
+        connection = self._connected()
+        voice_spec = {"mode": "id", "id": voice or self._default_voice}
+        context_id = str(uuid.uuid4())
+        context = WebSocketContext(
+            connection.sdk,
+            context_id,
+            model_id=self._model_id,
+            voice=cast("VoiceSpecifierParam", voice_spec),
+            output_format=OUTPUT_FORMAT,
+            language=language.partition("-")[0].lower(),
+        )
+        return CartesiaTurn(connection, context, context_id, self._reply_timeout)
+
+    def close(self) -> None:
+        """Close the websocket (call end); turns still running end with an error."""
+        with self._lock:
+            if self._connection is not None:
+                self._connection.close()
+                self._connection = None
+
+    def _connected(self) -> _Connection:
+        with self._lock:
+            if self._connection is None or not self._connection.alive:
+                self._connection = _Connection(self._open())
+            return self._connection
+
+    def _open(self) -> TTSResourceConnection:
+        try:
+            return guard("cartesia").call(self._open_once)
+        except ProviderUnavailable:
+            raise
+        except Exception as exc:  # permanent: a rejected key or version, a bad URL
+            status = getattr(getattr(exc, "response", None), "status_code", None)
+            reason = f"connect rejected ({status or type(exc).__name__})"
+            raise ProviderUnavailable("cartesia", reason) from exc
+
+    def _open_once(self, timeout: float) -> TTSResourceConnection:
+        # legacy=True: the SDK calls websockets' connect() outside a `with`, which websockets
+        # 17 still supports but warns about unless this (its documented opt-in) is passed.
+        options = cast("WebsocketConnectionOptions", {"open_timeout": timeout, "legacy": True})
+        return self._client.tts.websocket_connect(websocket_connection_options=options).enter()

@@ -1,0 +1,156 @@
+"""Agent audio to the caller: re-chunked, paced against real time, with a mark per chunk.
+
+Only a small lead is ever buffered at Telnyx (`lead_ms` plus one chunk), so a `clear`
+cuts the agent off at once. Each chunk is followed by a mark; Telnyx echoes a mark when
+the audio before it has played, which tells us exactly what the caller heard.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import gevent
+from gevent.event import Event
+
+from shared.voice.telnyx_media import CLEAR_MESSAGE, mark_message, media_message
+
+BYTES_PER_MS = 8  # 8 kHz μ-law
+SILENCE = b"\xff"
+
+
+@dataclass
+class TurnAudio:
+    """Bookkeeping of one agent turn's audio: what was queued, sent and heard."""
+
+    turn: int
+    queued: bytearray = field(default_factory=bytearray)
+    segment_ends: list[int] = field(default_factory=list)  # byte offset where each text piece ends
+    total: int = 0  # bytes received from TTS
+    sent: int = 0
+    heard: int = 0  # bytes confirmed played by mark echoes
+    finished: bool = False  # no more audio will come
+    cleared: bool = False
+    first_sent_at: float | None = None
+    marks: dict[str, int] = field(default_factory=dict)  # mark name → bytes heard once echoed
+
+
+class Playout:
+    def __init__(
+        self,
+        send: Callable[[str], None],
+        *,
+        chunk_ms: int = 100,
+        lead_ms: int = 200,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.send = send
+        self.chunk = chunk_ms * BYTES_PER_MS
+        self.lead = lead_ms / 1000
+        self.clock = clock
+        self.turns: deque[TurnAudio] = deque()
+        self.by_name: dict[str, TurnAudio] = {}
+        self.play_end = 0.0  # when everything sent so far will have finished playing
+        self.wakeup = Event()
+        self.idle = Event()
+        self.idle.set()
+        self.closed = False
+
+    # -- producer side ---------------------------------------------------------------
+    def begin_turn(self, turn: int) -> TurnAudio:
+        audio = TurnAudio(turn)
+        self.turns.append(audio)
+        self.idle.clear()
+        return audio
+
+    def add(self, audio: TurnAudio, ulaw: bytes, *, segment_end: bool = False) -> None:
+        if audio.cleared:
+            return
+        audio.queued += ulaw
+        audio.total += len(ulaw)
+        if segment_end:
+            audio.segment_ends.append(audio.total)
+        self.wakeup.set()
+
+    def end_segment(self, audio: TurnAudio) -> None:
+        if not audio.segment_ends or audio.segment_ends[-1] != audio.total:
+            audio.segment_ends.append(audio.total)
+
+    def finish(self, audio: TurnAudio) -> None:
+        audio.finished = True
+        self.wakeup.set()
+
+    # -- control ---------------------------------------------------------------------
+    def clear(self) -> TurnAudio | None:
+        """Barge-in: drop everything unsent, tell Telnyx to flush. Returns the turn cut."""
+        current = self.turns[0] if self.turns else None
+        for audio in self.turns:
+            audio.cleared = True
+            audio.queued.clear()
+        self.turns.clear()
+        self.send(CLEAR_MESSAGE)
+        self.play_end = self.clock()
+        self.idle.set()
+        return current
+
+    def on_mark(self, name: str) -> None:
+        audio = self.by_name.pop(name, None)
+        if audio is not None and not audio.cleared:
+            audio.heard = max(audio.heard, audio.marks.pop(name, audio.heard))
+
+    @property
+    def speaking(self) -> bool:
+        """Agent audio is queued here, or sent and (by our clock) still playing."""
+        return bool(self.turns) or self.clock() < self.play_end
+
+    def close(self) -> None:
+        self.closed = True
+        self.wakeup.set()
+
+    # -- the pacing loop (one greenlet per call) --------------------------------------
+    def run(self) -> None:
+        while not self.closed:
+            audio = self.turns[0] if self.turns else None
+            if audio is None:
+                self.idle.set()
+                self.wakeup.wait()
+                self.wakeup.clear()
+                continue
+            ahead = self.play_end - self.clock()
+            if ahead > self.lead:
+                gevent.sleep(ahead - self.lead)
+                continue
+            if not self._send_next(audio):
+                self.wakeup.wait(timeout=0.05)
+                self.wakeup.clear()
+
+    def _send_next(self, audio: TurnAudio) -> bool:
+        """Send one chunk of the head turn; False when it has nothing ready yet."""
+        size = min(self.chunk, len(audio.queued))
+        # Wait for a full chunk, unless the caller would hear a gap meanwhile.
+        if (
+            size < self.chunk
+            and not audio.finished
+            and (size == 0 or self.play_end - self.clock() > 0.02)
+        ):
+            return False
+        if size == 0:  # finished and drained
+            self.turns.popleft()
+            return True
+        piece = bytes(audio.queued[:size])
+        del audio.queued[:size]
+        if len(piece) % 160:  # Telnyx wants whole 20 ms frames
+            piece += SILENCE * (160 - len(piece) % 160)
+        now = self.clock()
+        self.send(media_message(piece))
+        audio.sent += size
+        if audio.first_sent_at is None:
+            audio.first_sent_at = now
+        name = f"{audio.turn}:{audio.sent}"
+        audio.marks[name] = audio.sent
+        self.by_name[name] = audio
+        self.send(mark_message(name))
+        self.play_end = max(self.play_end, now) + len(piece) / (BYTES_PER_MS * 1000)
+        return True

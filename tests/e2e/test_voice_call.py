@@ -1,0 +1,328 @@
+"""Calls through the real voice process (gunicorn + gevent + flask-sock) with the offline
+providers: audio in, audio out, the agent's audio transcribed; barge-in; bad tokens; a
+dropped socket; and a failing real provider that the call survives by falling back."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from flask.testing import FlaskClient
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from scripts.fakes.listen import transcribe_ulaw
+from scripts.fakes.telnyx_events import TelnyxSigner, call_payload, envelope
+from scripts.fakes.telnyx_media import CallClosed, FakeTelnyxCall
+from shared.config import Settings
+from shared.db.models import Call, CallTurn
+from shared.services import stream_tokens
+from tests.api.test_resources import AGENT
+from tests.conftest import register_tenant
+from tests.e2e.conftest import ROOT, free_port, wait_for
+
+FIXTURES = ROOT / "tests" / "providers" / "fixtures"
+QUESTION = (FIXTURES / "caller_when_open.ulaw").read_bytes()  # "When are you open on Saturday?"
+KNOWLEDGE = [
+    {
+        "question": "When are you open on Saturday?",
+        "answer": "On Saturdays we are open from nine in the morning until two in the afternoon.",
+    },
+    {
+        "question": "Where are you located?",
+        "answer": "We are at twelve Harbor Street, next to the old post office, with free parking behind the building.",
+    },
+]
+
+
+def _get(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 - loopback only
+            return int(response.status)
+    except OSError:
+        return 0
+
+
+def start_voice(
+    provider_env: dict[str, str], tmp: Path, **extra: str
+) -> tuple[subprocess.Popen[bytes], int, Path]:
+    port = free_port()
+    log_path = tmp / f"voice-{port}.log"
+    env = {
+        **os.environ,
+        **provider_env,
+        "VOICE_PORT": str(port),
+        "DATA_DIR": str(tmp / f"voice-{port}"),
+        "PYTHONPATH": str(ROOT),
+        "LOG_FORMAT": "text",
+        **extra,
+    }
+    for key in ("GROQ_API_KEY", "DEEPGRAM_API_KEY", "CARTESIA_API_KEY", "GOOGLE_API_KEY"):
+        env.setdefault(key, "")
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "--config",
+            "python:web.voice.gunicorn_conf",
+            "web.voice.wsgi:app",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=log_path.open("wb"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        wait_for(
+            lambda: _get(f"http://127.0.0.1:{port}/readyz") == 200,
+            120,
+            "the voice process to load its models",
+        )
+    except AssertionError:
+        process.terminate()
+        raise AssertionError(log_path.read_text()[-3000:]) from None
+    return process, port, log_path
+
+
+@pytest.fixture(scope="module")
+def voice(provider_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
+    process, port, _ = start_voice(provider_env, tmp_path_factory.mktemp("voice"))
+    yield port
+    process.terminate()
+    process.wait(timeout=20)
+
+
+def answered_call(
+    web: FlaskClient,
+    signer: TelnyxSigner,
+    settings: Settings,
+    sessions: sessionmaker[Session],
+    **agent_fields: object,
+) -> tuple[Call, str]:
+    owner = register_tenant(web, f"Voice{uuid.uuid4().hex[:6]}")
+    agent = web.post(
+        "/api/v1/agents",
+        json={
+            **AGENT,
+            "greeting": "Hello, thanks for calling Acme Dental.",
+            "knowledge": KNOWLEDGE,
+            **agent_fields,
+        },
+        headers=owner.headers,
+    ).get_json()
+    number = f"+1415555{uuid.uuid4().int % 10000:04d}"
+    web.post(
+        "/api/v1/phone-numbers",
+        json={"number": number, "agent_id": agent["id"]},
+        headers=owner.headers,
+    )
+    ccid = f"v3:voice-{uuid.uuid4().hex[:8]}"
+    payload = call_payload(ccid, from_="+14155550999", to=number)
+    for event in ("call.initiated", "call.answered"):
+        body = envelope(event, payload)
+        assert (
+            web.post("/webhooks/telnyx", data=body, headers=signer.headers(body)).status_code == 200
+        )
+    with sessions() as session:
+        call = session.scalars(select(Call).where(Call.telnyx_call_control_id == ccid)).one()
+    token = stream_tokens.issue(
+        settings.signing_key, stream_tokens.StreamGrant(call.id, call.organization_id)
+    )
+    return call, token
+
+
+def media_url(port: int, token: str) -> str:
+    return f"ws://127.0.0.1:{port}/media/telnyx?token={token}"
+
+
+def wait_agent_quiet(phone: FakeTelnyxCall, quiet: float = 1.0, timeout: float = 30.0) -> None:
+    """Until the agent's audio has played out and nothing new came for `quiet` seconds."""
+    wait_for(
+        lambda: len(phone.heard) > 0 and time.monotonic() - phone.playout_end > quiet,
+        timeout,
+        "the agent to finish speaking",
+    )
+
+
+def turns(sessions: sessionmaker[Session], call_id: uuid.UUID) -> list[CallTurn]:
+    with sessions() as session:
+        return list(
+            session.scalars(
+                select(CallTurn).where(CallTurn.call_id == call_id).order_by(CallTurn.seq)
+            )
+        )
+
+
+def test_an_offline_call_greets_answers_from_knowledge_and_stores_its_turns(
+    voice: int,
+    web: FlaskClient,
+    signer: TelnyxSigner,
+    e2e_settings: Settings,
+    e2e_sessions: sessionmaker[Session],
+    tmp_path: Path,
+) -> None:
+    call, token = answered_call(web, signer, e2e_settings, e2e_sessions)
+    with FakeTelnyxCall(
+        media_url(voice, token), call_control_id=call.telnyx_call_control_id or ""
+    ) as phone:
+        phone.start_line()
+        wait_agent_quiet(phone)
+        greeting = transcribe_ulaw(phone.heard)
+        heard_before = len(phone.heard)
+        phone.send_audio(QUESTION)
+        asked_at = time.monotonic()
+        wait_for(lambda: len(phone.heard) > heard_before, 20, "an answer")
+        wait_agent_quiet(phone)
+        answer = transcribe_ulaw(phone.heard[heard_before:])
+        phone.write_wav(tmp_path / "agent.wav")
+        assert phone.underruns(min_gap=0.06) == []
+        first_audio = phone.first_audio_after(asked_at)
+        phone.stop()
+    assert "thanks for calling" in greeting.lower()
+    assert "saturday" in answer.lower() and ("nine" in answer.lower() or "9" in answer)
+    assert first_audio is not None and first_audio > asked_at
+    stored = wait_for(
+        lambda: (t := turns(e2e_sessions, call.id)) and len(t) >= 3 and t, 10, "turns stored"
+    )
+    speakers = [t.speaker for t in stored]
+    assert speakers[:3] == ["agent", "caller", "agent"]
+    caller, reply = stored[1], stored[2]
+    assert (
+        "open" in caller.text.lower() and caller.sentiment is not None and caller.stt_ms is not None
+    )
+    assert "saturday" in reply.text.lower() and not reply.interrupted
+    assert (
+        reply.voice_to_voice_ms and reply.llm_ttft_ms is not None and reply.tts_ttfa_ms is not None
+    )
+    print(
+        f"latency ms: stt={caller.stt_ms:.0f} ttft={reply.llm_ttft_ms:.0f} ttfa={reply.tts_ttfa_ms:.0f} v2v={reply.voice_to_voice_ms:.0f}"
+    )
+
+
+def test_caller_speech_during_an_answer_cuts_it_off(
+    voice: int,
+    web: FlaskClient,
+    signer: TelnyxSigner,
+    e2e_settings: Settings,
+    e2e_sessions: sessionmaker[Session],
+) -> None:
+    long_greeting = (
+        "Hello, thanks for calling Acme Dental. "
+        + "We have three offices, and we are happy to help with cleanings, fillings, crowns, whitening and emergencies of every kind. "
+        * 3
+    )
+    call, token = answered_call(web, signer, e2e_settings, e2e_sessions, greeting=long_greeting)
+    with FakeTelnyxCall(media_url(voice, token), call_control_id="v3:x") as phone:
+        phone.start_line()
+        wait_for(lambda: len(phone.heard) > 8000 * 2, 20, "two seconds of greeting")
+        spoke_at = time.monotonic()
+        phone.send_audio(QUESTION)
+        cleared = phone.clear_latency(spoke_at)
+        heard_when_cut = len(phone.heard)
+        wait_for(lambda: len(phone.heard) > heard_when_cut, 20, "the answer to the interruption")
+        wait_agent_quiet(phone)
+        phone.stop()
+    # Speech is detected ~100-200 ms after onset (VAD); the clear must follow at once.
+    assert cleared is not None and cleared < 0.5, cleared
+    stored = wait_for(
+        lambda: (t := turns(e2e_sessions, call.id)) and len(t) >= 3 and t, 10, "turns stored"
+    )
+    greeting = stored[0]
+    assert greeting.interrupted and 0 < len(greeting.text) < len(long_greeting) / 2
+
+
+@pytest.mark.parametrize("case", ["garbage", "expired", "ended_call"])
+def test_streams_without_a_valid_token_for_a_live_call_are_refused(
+    case: str,
+    voice: int,
+    web: FlaskClient,
+    signer: TelnyxSigner,
+    e2e_settings: Settings,
+    e2e_sessions: sessionmaker[Session],
+) -> None:
+    call, token = answered_call(web, signer, e2e_settings, e2e_sessions)
+    if case == "garbage":
+        token = "not-a-token"
+    elif case == "expired":
+        token = stream_tokens.issue(
+            "another-secret", stream_tokens.StreamGrant(call.id, call.organization_id)
+        )
+    else:
+        body = envelope(
+            "call.hangup",
+            {
+                **call_payload(call.telnyx_call_control_id or "", from_="+1", to="+1"),
+                "hangup_cause": "normal_clearing",
+            },
+        )
+        web.post("/webhooks/telnyx", data=body, headers=signer.headers(body))
+    phone = FakeTelnyxCall(media_url(voice, token), call_control_id="v3:x")
+    try:
+        with contextlib.suppress(CallClosed):  # refused before `start` could even be sent
+            phone.connect()
+        assert phone.wait_closed(timeout=5)
+        assert phone.heard == b""
+    finally:
+        phone.close()
+    assert turns(e2e_sessions, call.id) == []
+
+
+def test_a_socket_dropped_mid_answer_still_stores_the_call_so_far(
+    voice: int,
+    web: FlaskClient,
+    signer: TelnyxSigner,
+    e2e_settings: Settings,
+    e2e_sessions: sessionmaker[Session],
+) -> None:
+    call, token = answered_call(web, signer, e2e_settings, e2e_sessions)
+    phone = FakeTelnyxCall(media_url(voice, token), call_control_id="v3:x")
+    phone.connect()
+    phone.start_line()
+    wait_for(lambda: len(phone.heard) > 4000, 20, "the greeting to start")
+    phone.drop()
+    stored = wait_for(lambda: turns(e2e_sessions, call.id), 10, "the greeting turn to be stored")
+    assert stored[0].speaker == "agent" and stored[0].interrupted
+
+
+def test_a_failing_real_llm_falls_back_to_the_local_agent_and_the_call_goes_on(
+    provider_env: dict[str, str],
+    tmp_path: Path,
+    web: FlaskClient,
+    signer: TelnyxSigner,
+    e2e_settings: Settings,
+    e2e_sessions: sessionmaker[Session],
+) -> None:
+    from scripts.fakes.groq_llm import ErrorReply, start_fake_groq_llm
+
+    fake = start_fake_groq_llm("gsk_test", lambda body: ErrorReply(500, "overloaded"))
+    process, port, log_path = start_voice(
+        provider_env,
+        tmp_path,
+        GROQ_API_KEY="gsk_test",
+        GROQ_URL=fake.url,
+        SENTIMENT_PROVIDER="local",
+    )
+    try:
+        _, token = answered_call(web, signer, e2e_settings, e2e_sessions)
+        with FakeTelnyxCall(media_url(port, token), call_control_id="v3:x") as phone:
+            phone.start_line()
+            wait_agent_quiet(phone)
+            greeting = transcribe_ulaw(phone.heard)
+            phone.stop()
+    finally:
+        process.terminate()
+        process.wait(timeout=20)
+        fake.stop()
+    assert fake.requests, "the real LLM was tried first"
+    assert "thanks for calling" in greeting.lower()
+    assert "using the local one" in log_path.read_text()

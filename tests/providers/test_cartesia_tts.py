@@ -1,0 +1,266 @@
+"""Cartesia TTS: the real SDK's sync websocket client against the local fake Cartesia."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from websockets.exceptions import InvalidStatus
+from websockets.sync.client import connect
+
+from scripts.fakes.cartesia_tts import (
+    BYTES_PER_CHAR,
+    DEFAULT_API_KEY,
+    FakeCartesiaTts,
+    start_fake_cartesia,
+    tone,
+)
+from shared.config import Settings
+from shared.providers.tts.cartesia import CartesiaTts, CartesiaTtsError
+from shared.resilience import ProviderUnavailable, guard
+
+ROOT = Path(__file__).resolve().parents[2]
+FORMAT = {"container": "raw", "encoding": "pcm_mulaw", "sample_rate": 8000}
+
+
+@pytest.fixture(autouse=True)
+def quiet_guard(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """No real waits between connect attempts; a clean breaker for the next test."""
+    monkeypatch.setattr(guard("cartesia"), "sleep", lambda seconds: None)
+    yield
+    if guard("cartesia").breaker.current_state != "closed":
+        guard("cartesia").breaker.close()
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeCartesiaTts]:
+    server = start_fake_cartesia(pace=0.0, chunk_ms=20)
+    yield server
+    server.stop()
+
+
+def provider(url: str, key: str = DEFAULT_API_KEY, **options: float) -> CartesiaTts:
+    settings = Settings(_env_file=None, cartesia_api_key=key, cartesia_url=url)  # type: ignore[call-arg]
+    return CartesiaTts(settings, **options)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def tts(fake: FakeCartesiaTts) -> Iterator[CartesiaTts]:
+    client = provider(fake.url)
+    yield client
+    client.close()
+
+
+def wait_for(condition: Callable[[], bool], seconds: float = 2.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+def speak(tts: CartesiaTts, *pieces: str, voice: str | None = None) -> tuple[str, bytes]:
+    turn = tts.start_turn(voice, "en")
+    for piece in pieces:
+        turn.push(piece)
+    turn.end()
+    return turn.context_id, b"".join(turn.audio())
+
+
+def test_a_turn_is_one_context_of_continued_inputs_closed_by_an_empty_one(
+    fake: FakeCartesiaTts, tts: CartesiaTts
+) -> None:
+    context_id, _ = speak(tts, "Hello there. ", "How can I help?", voice="voice-123")
+
+    sent = fake.received()
+    assert [m["context_id"] for m in sent] == [context_id] * 3
+    assert [m["transcript"] for m in sent] == ["Hello there. ", "How can I help?", ""]
+    assert [m["continue"] for m in sent] == [True, True, False]
+    for message in sent:
+        assert message["model_id"] == "sonic-3"
+        assert message["voice"] == {"mode": "id", "id": "voice-123"}
+        assert message["output_format"] == FORMAT
+        assert message["language"] == "en"
+    handshake = fake.handshakes[0]
+    assert handshake.path == "/tts/websocket"
+    assert handshake.headers["authorization"] == f"Bearer {DEFAULT_API_KEY}"
+    assert handshake.headers["cartesia-version"]
+
+
+def test_the_audio_comes_back_intact_and_in_order(tts: CartesiaTts) -> None:
+    pieces = ("Your appointment is on Tuesday. ", "See you then!")
+    _, audio = speak(tts, *pieces)
+
+    # 20 ms chunks of a tone whose phase runs on: any loss or reordering changes the bytes.
+    assert audio == tone(len("".join(pieces)) * BYTES_PER_CHAR)
+
+
+def test_two_turns_share_one_connection_with_different_contexts(
+    fake: FakeCartesiaTts, tts: CartesiaTts
+) -> None:
+    first, first_audio = speak(tts, "One.")
+    second, second_audio = speak(tts, "Two, three.")
+
+    assert first != second
+    assert len(fake.handshakes) == 1
+    assert {r.connection for r in fake.messages} == {1}
+    assert first_audio == tone(len("One.") * BYTES_PER_CHAR)
+    assert second_audio == tone(len("Two, three.") * BYTES_PER_CHAR)
+
+
+def test_an_unknown_voice_falls_back_to_the_default_voice_id(
+    fake: FakeCartesiaTts, tts: CartesiaTts
+) -> None:
+    speak(tts, "Hi.")
+    assert fake.received()[0]["voice"] == {"mode": "id", "id": tts._default_voice}
+
+
+def test_cancel_sends_a_cancel_and_ends_the_audio_at_once(fake: FakeCartesiaTts) -> None:
+    fake.pace = 1.0  # real time: 60 ms of audio per character is still streaming
+    tts = provider(fake.url)
+    turn = tts.start_turn(None, "en")
+    turn.push("A long answer that would take several seconds to say. ")
+    audio = turn.audio()
+    next(audio)
+    started = time.perf_counter()
+    turn.cancel()
+    rest = list(audio)
+    elapsed = time.perf_counter() - started
+    turn.cancel()
+
+    assert rest == []
+    assert elapsed < 0.1
+    assert wait_for(lambda: fake.received()[-1] == {"context_id": turn.context_id, "cancel": True})
+    fake.pace = 0.0
+    _, audio_after = speak(tts, "Next.")  # the cancelled context's leftovers do not leak
+    assert audio_after == tone(len("Next.") * BYTES_PER_CHAR)
+    tts.close()
+
+
+def test_a_server_error_ends_the_turn_with_an_exception_from_audio(
+    fake: FakeCartesiaTts, tts: CartesiaTts
+) -> None:
+    fake.fail_next_context(status_code=400, title="Invalid voice", message="voice not found")
+    turn = tts.start_turn("no-such-voice", "en")
+    turn.push("Hello.")
+
+    with pytest.raises(CartesiaTtsError, match="Invalid voice") as raised:
+        list(turn.audio())
+    assert raised.value.status_code == 400
+    _, audio = speak(tts, "Still here.")  # the connection survives a context's error
+    assert audio == tone(len("Still here.") * BYTES_PER_CHAR)
+
+
+def test_a_dropped_connection_fails_the_turn_and_the_next_turn_reconnects(
+    fake: FakeCartesiaTts, tts: CartesiaTts
+) -> None:
+    fake.pace = 1.0
+    turn = tts.start_turn(None, "en")
+    turn.push("A long answer that would take several seconds to say. ")
+    audio = turn.audio()
+    next(audio)
+    fake.drop_connections()
+
+    with pytest.raises(CartesiaTtsError, match="connection closed"):
+        list(audio)
+    fake.pace = 0.0
+    _, audio_after = speak(tts, "Again.")
+    assert audio_after == tone(len("Again.") * BYTES_PER_CHAR)
+    assert len(fake.handshakes) == 2
+
+
+def test_a_server_that_goes_silent_times_out(fake: FakeCartesiaTts) -> None:
+    fake.latency_ms = 2000
+    tts = provider(fake.url, reply_timeout=0.3)
+    turn = tts.start_turn(None, "en")
+    turn.push("Hello.")
+
+    with pytest.raises(CartesiaTtsError, match="no reply"):
+        list(turn.audio())
+    tts.close()
+
+
+def test_an_unreachable_server_is_provider_unavailable_after_retries() -> None:
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{probe.getsockname()[1]}"
+    tts = provider(url)
+
+    # The live-call policy: two tries, then the loop falls back to Piper.
+    with pytest.raises(ProviderUnavailable, match="2 attempts failed"):
+        tts.start_turn(None, "en")
+
+
+def test_a_rejected_key_is_provider_unavailable_at_once(fake: FakeCartesiaTts) -> None:
+    tts = provider(fake.url, key="wrong-key")
+
+    with pytest.raises(ProviderUnavailable, match="401"):
+        tts.start_turn(None, "en")
+    assert len(fake.handshakes) == 1  # a permanent error is not retried
+
+
+def test_a_busy_server_is_retried_then_connects(fake: FakeCartesiaTts, tts: CartesiaTts) -> None:
+    fake.reject_next(503)
+    _, audio = speak(tts, "Hi.")
+    assert audio == tone(len("Hi.") * BYTES_PER_CHAR)
+    assert len(fake.handshakes) == 2
+
+
+def test_overlapping_turns_each_get_their_own_audio(tts: CartesiaTts) -> None:
+    results: dict[str, bytes] = {}
+
+    def run(text: str) -> None:
+        results[text] = speak(tts, text)[1]
+
+    threads = [threading.Thread(target=run, args=(t,)) for t in ("First one.", "Second.")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert results == {t: tone(len(t) * BYTES_PER_CHAR) for t in ("First one.", "Second.")}
+
+
+def test_turns_work_under_gevent_monkey_patching() -> None:
+    script = """
+from gevent import monkey; monkey.patch_all()
+import gevent
+from scripts.fakes.cartesia_tts import start_fake_cartesia, tone, BYTES_PER_CHAR
+from shared.config import Settings
+from shared.providers.tts.cartesia import CartesiaTts
+fake = start_fake_cartesia(pace=0.2, chunk_ms=20)
+tts = CartesiaTts(Settings(_env_file=None, cartesia_api_key="test-cartesia-key", cartesia_url=fake.url))
+tts.warm_up()
+turn = tts.start_turn(None, "en"); turn.push("Hello there."); turn.end()
+ok = b"".join(turn.audio()) == tone(len("Hello there.") * BYTES_PER_CHAR)
+turn = tts.start_turn(None, "en"); turn.push("A much longer sentence to cancel.")
+audio = turn.audio(); next(audio); gevent.spawn(turn.cancel).join()
+print(ok, list(audio) == [])
+tts.close(); fake.stop()
+"""
+    done = subprocess.run(  # noqa: S603 - our own script, run by this interpreter
+        [sys.executable, "-c", script],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["True", "True"]
+
+
+def test_the_fake_accepts_an_x_api_key_and_requires_a_version(fake: FakeCartesiaTts) -> None:
+    url = fake.ws_url + "/tts/websocket"
+    key = {"X-API-Key": DEFAULT_API_KEY}
+    with pytest.raises(InvalidStatus, match="400"):
+        connect(url, additional_headers=key, legacy=True)
+    with connect(f"{url}?cartesia_version=2026-03-01", additional_headers=key, legacy=True) as ws:
+        ws.send('{"context_id": "c1", "cancel": true}')
+    assert wait_for(lambda: fake.received() == [{"context_id": "c1", "cancel": True}])

@@ -1,0 +1,282 @@
+"""DeepgramStt through the real deepgram-sdk against the protocol-faithful fake server."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from scripts.fakes.deepgram_live import DeepgramLiveFake, Utterance
+from shared.config import load_settings
+from shared.providers.stt.base import SttEvent, SttEventKind
+from shared.providers.stt.deepgram import DeepgramStreamError, DeepgramStt
+from shared.resilience import ProviderUnavailable, guard
+
+FRAME = 160  # 20 ms of 8 kHz μ-law
+QUESTION = "When are you open on Saturday?"
+
+
+@pytest.fixture
+def fake() -> Iterator[DeepgramLiveFake]:
+    server = DeepgramLiveFake(script=[Utterance(QUESTION, start_s=0.3, end_s=1.5)]).start()
+    yield server
+    server.stop()
+
+
+def provider(url: str, key: str = "test-key", **options: float) -> DeepgramStt:
+    settings = load_settings(deepgram_api_key=key, deepgram_url=url)
+    return DeepgramStt(settings, **options)  # type: ignore[arg-type]
+
+
+class Events:
+    def __init__(self) -> None:
+        self.items: list[SttEvent] = []
+        self.turn_ended = threading.Event()
+
+    def __call__(self, event: SttEvent) -> None:
+        self.items.append(event)
+        if event.kind is SttEventKind.END_OF_TURN:
+            self.turn_ended.set()
+
+    def of(self, kind: SttEventKind) -> list[SttEvent]:
+        return [e for e in self.items if e.kind is kind]
+
+
+def send_audio(stream: object, seconds: float, *, real_time: bool = False) -> list[float]:
+    """μ-law silence in 20 ms frames; returns when each frame was sent."""
+    sent = []
+    start = time.monotonic()
+    for i in range(round(seconds * 50)):
+        if real_time:
+            time.sleep(max(0.0, start + i * 0.02 - time.monotonic()))
+        stream.send(b"\xff" * FRAME)  # type: ignore[attr-defined]
+        sent.append(time.monotonic())
+    return sent
+
+
+def test_the_stream_opens_with_the_token_and_the_query_nova_3_needs(
+    fake: DeepgramLiveFake,
+) -> None:
+    stream = provider(fake.url).open("en-US", Events())
+    stream.close()
+
+    (session,) = fake.sessions
+    assert session.path == "/v1/listen"
+    assert session.headers["Authorization"] == "Token test-key"
+    assert session.query == {
+        "model": "nova-3",
+        "language": "en-US",
+        "encoding": "mulaw",
+        "sample_rate": "8000",
+        "channels": "1",
+        "interim_results": "true",
+        "endpointing": "300",
+        "utterance_end_ms": "1000",
+        "vad_events": "true",
+        "smart_format": "true",
+    }
+
+
+def test_audio_arrives_intact_and_in_order_as_binary_frames(fake: DeepgramLiveFake) -> None:
+    audio = os.urandom(FRAME * 100)
+    stream = provider(fake.url).open("en-US", Events())
+    for i in range(0, len(audio), FRAME):
+        stream.send(audio[i : i + FRAME])
+    stream.close()
+
+    (session,) = fake.sessions
+    assert bytes(session.audio) == audio
+    assert session.control_types() == ["CloseStream"]
+
+
+def test_results_become_speech_started_interim_final_and_end_of_turn(
+    fake: DeepgramLiveFake,
+) -> None:
+    events = Events()
+    stream = provider(fake.url).open("en-US", events)
+    sent = send_audio(stream, 1.9, real_time=True)
+    assert events.turn_ended.wait(2)
+    stream.close()
+
+    kinds = [e.kind for e in events.items]
+    assert kinds == [
+        SttEventKind.SPEECH_STARTED,
+        SttEventKind.INTERIM,
+        SttEventKind.FINAL,
+        SttEventKind.END_OF_TURN,
+    ]
+    interim, final, end = events.items[1:]
+    assert interim.text == "When are you"
+    assert final.text == end.text == QUESTION
+    # The last word ends at 1.5 s of audio: the 75th frame.
+    assert end.speech_ended_at is not None
+    assert abs(end.speech_ended_at - sent[74]) < 0.05
+    assert end.speech_ended_at <= end.at
+
+
+def test_utterance_end_ends_the_turn_when_endpointing_missed_it() -> None:
+    script = [
+        Utterance("Hi.", start_s=0.2, end_s=0.6),
+        Utterance("I need a plumber.", start_s=2.0, end_s=3.0, endpointed=False),
+    ]
+    server = DeepgramLiveFake(script=script).start()
+    try:
+        events = Events()
+        stream = provider(server.url).open("en-US", events)
+        send_audio(stream, 4.2)
+        deadline = time.monotonic() + 2
+        while len(events.of(SttEventKind.END_OF_TURN)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        stream.close()
+    finally:
+        server.stop()
+
+    assert [e.text for e in events.of(SttEventKind.FINAL)] == ["Hi.", "I need a plumber."]
+    assert [e.text for e in events.of(SttEventKind.END_OF_TURN)] == ["Hi.", "I need a plumber."]
+    sent = server.sessions[0].sent
+    assert [m["type"] for m in sent].count("UtteranceEnd") == 1
+
+
+def test_keepalive_text_frames_go_out_while_no_audio_flows(fake: DeepgramLiveFake) -> None:
+    stream = provider(fake.url, keepalive_s=0.1).open("en-US", Events())
+    time.sleep(0.35)
+    send_audio(stream, 0.1)
+    stream.close()
+
+    (session,) = fake.sessions
+    types = session.control_types()
+    assert types[-1] == "CloseStream"
+    assert types.count("KeepAlive") >= 2
+    assert set(types[:-1]) == {"KeepAlive"}
+
+
+def test_close_sends_close_stream_and_delivers_the_results_still_pending() -> None:
+    server = DeepgramLiveFake(
+        script=[Utterance(QUESTION, start_s=0.3, end_s=1.5)], latency_ms=150
+    ).start()
+    try:
+        events = Events()
+        stream = provider(server.url).open("en-US", events)
+        send_audio(stream, 1.2)  # the caller is cut off mid-sentence
+        stream.close()
+        stream.close()
+        stream.send(b"\xff" * FRAME)
+    finally:
+        server.stop()
+
+    (session,) = server.sessions
+    assert session.closed_by_client
+    assert session.control_types() == ["CloseStream"]
+    assert len(session.audio) == 1.2 * 8000
+    assert [e.text for e in events.of(SttEventKind.END_OF_TURN)] == [QUESTION]
+
+
+def test_nothing_listening_is_provider_unavailable_after_the_guards_retries(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again: nothing listens there
+    monkeypatch.setattr(guard("deepgram"), "sleep", lambda seconds: None)
+
+    with pytest.raises(ProviderUnavailable) as caught:
+        provider(f"ws://127.0.0.1:{port}").open("en-US", Events())
+
+    assert caught.value.provider == "deepgram"
+    assert isinstance(caught.value.__cause__, ConnectionRefusedError)
+
+
+def test_a_rejected_key_is_provider_unavailable_without_retrying(
+    fake: DeepgramLiveFake,
+) -> None:
+    with pytest.raises(ProviderUnavailable, match=r"connect rejected \(401\)"):
+        provider(fake.url, key="wrong").open("en-US", Events())
+    assert fake.sessions == []
+
+
+def test_a_socket_dropped_mid_stream_calls_on_error_once() -> None:
+    server = DeepgramLiveFake(drop_after_bytes=FRAME * 10).start()
+    errors: list[BaseException] = []
+    failed = threading.Event()
+    try:
+        stream = provider(server.url).open(
+            "en-US", Events(), on_error=lambda exc: (errors.append(exc), failed.set())
+        )
+        send_audio(stream, 0.4)
+        assert failed.wait(3)
+        send_audio(stream, 0.2)  # ignored now
+        stream.close()
+    finally:
+        server.stop()
+
+    assert len(errors) == 1
+    assert stream.failed is errors[0]
+    assert len(server.sessions[0].audio) <= FRAME * 20
+
+
+def test_a_deepgram_error_message_calls_on_error_with_its_variant() -> None:
+    server = DeepgramLiveFake(error_after_bytes=FRAME * 5).start()
+    errors: list[BaseException] = []
+    failed = threading.Event()
+    try:
+        stream = provider(server.url).open(
+            "en-US", Events(), on_error=lambda exc: (errors.append(exc), failed.set())
+        )
+        send_audio(stream, 0.2)
+        assert failed.wait(3)
+        stream.close()
+    finally:
+        server.stop()
+
+    (error,) = errors
+    assert isinstance(error, DeepgramStreamError)
+    assert "NET-0001" in str(error)
+
+
+GEVENT_SCRIPT = """
+from gevent import monkey; monkey.patch_all()
+import gevent, threading, time
+from scripts.fakes.deepgram_live import DeepgramLiveFake, Utterance
+from shared.config import load_settings
+from shared.providers.stt.deepgram import DeepgramStt
+
+fake = DeepgramLiveFake(script=[Utterance("Hello there.", start_s=0.1, end_s=0.5)]).start()
+settings = load_settings(deepgram_api_key="test-key", deepgram_url=fake.url)
+events, where = [], set()
+def on_event(event):
+    events.append(event.kind.value)
+    where.add(gevent.getcurrent() is not gevent.get_hub())
+stream = DeepgramStt(settings).open("en-US", on_event)
+ticks = []
+ticker = gevent.spawn(lambda: [ticks.append(gevent.sleep(0.01)) for _ in range(60)])
+for _ in range(50):
+    stream.send(b"\\xff" * 160)
+    gevent.sleep(0.005)
+stream.close()
+ticker.join()
+fake.stop()
+print(events, where, len(ticks))
+"""
+
+
+def test_under_gevent_the_stream_runs_on_greenlets_without_blocking_the_hub() -> None:
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run(  # noqa: S603  # a fixed script, run by this interpreter
+        [sys.executable, "-c", textwrap.dedent(GEVENT_SCRIPT)],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert done.stdout.strip().splitlines()[-1] == (
+        "['speech_started', 'interim', 'final', 'end_of_turn'] {True} 60"
+    )

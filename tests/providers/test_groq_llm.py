@@ -1,0 +1,278 @@
+"""The Groq LLM: the real groq SDK streaming from a local fake Groq server, through the guard."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from scripts.fakes.groq_llm import (
+    ErrorReply,
+    FakeGroqLlm,
+    TextReply,
+    ToolCallReply,
+    start_fake_groq_llm,
+)
+from shared.providers.llm.base import (
+    AgentContext,
+    ChatMessage,
+    KnowledgeItem,
+    LlmEvent,
+    LlmEventKind,
+)
+from shared.providers.llm.groq import DEFAULT_MODEL, GroqLlm, LlmError, LlmStreamError
+from shared.resilience import ProviderUnavailable, guard
+
+API_KEY = "gsk_test_key"
+TRANSFER_TO = "+14155550100"
+CONTEXT = AgentContext(
+    persona="You are Sam, the receptionist of Acme Dental.",
+    greeting="Hi, thanks for calling Acme Dental. How can I help?",
+    closing="Thanks for calling Acme Dental, goodbye!",
+    knowledge=(KnowledgeItem("What are your opening hours?", "Nine to five, Monday to Friday."),),
+    customer_name="Ada",
+    is_returning_customer=True,
+    memories=("Asked about teeth whitening prices.",),
+    insights="Callers like hearing the price first.",
+)
+HISTORY = [
+    ChatMessage("assistant", "Hi, thanks for calling Acme Dental. How can I help?"),
+    ChatMessage("user", "When are you open?"),
+]
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeGroqLlm]:
+    server = start_fake_groq_llm(API_KEY)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def llm(fake: FakeGroqLlm) -> GroqLlm:
+    return GroqLlm(API_KEY, fake.url)
+
+
+@pytest.fixture
+def waits(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """The guard's waits between attempts, recorded instead of slept."""
+    recorded: list[float] = []
+    monkeypatch.setattr(guard("groq"), "sleep", recorded.append)
+    return recorded
+
+
+def text_of(events: list[LlmEvent]) -> str:
+    return "".join(e.text for e in events if e.kind is LlmEventKind.TOKEN)
+
+
+def test_the_request_streams_the_conversation_after_a_short_voice_prompt(
+    fake: FakeGroqLlm, llm: GroqLlm
+) -> None:
+    list(llm.stream(CONTEXT, HISTORY))
+
+    body = fake.bodies()[0]
+    assert fake.requests[0].headers["authorization"] == f"Bearer {API_KEY}"
+    assert body["model"] == DEFAULT_MODEL == "llama-3.3-70b-versatile"
+    assert body["stream"] is True
+    assert body["tool_choice"] == "auto"
+    assert body["max_completion_tokens"] == 200
+    assert body["messages"][1:] == [
+        {"role": "assistant", "content": HISTORY[0].content},
+        {"role": "user", "content": "When are you open?"},
+    ]
+    system = body["messages"][0]
+    assert system["role"] == "system"
+    for expected in (
+        CONTEXT.persona,
+        "Q: What are your opening hours? A: Nine to five, Monday to Friday.",
+        "Ada, a returning customer",
+        "- Asked about teeth whitening prices.",
+        "Suggested approach: Callers like hearing the price first.",
+        "no markdown",
+        CONTEXT.closing,
+    ):
+        assert expected in system["content"]
+    assert len(system["content"]) < 1500  # time to first token grows with the prompt
+
+
+def test_transfer_is_offered_only_when_the_agent_has_a_transfer_number(
+    fake: FakeGroqLlm, llm: GroqLlm
+) -> None:
+    list(llm.stream(CONTEXT, HISTORY))
+    list(llm.stream(AgentContext(**{**CONTEXT.__dict__, "transfer_number": TRANSFER_TO}), HISTORY))
+
+    without, with_number = ([t["function"] for t in b["tools"]] for b in fake.bodies())
+    assert [t["name"] for t in without] == ["end_call"]
+    assert [t["name"] for t in with_number] == ["end_call", "transfer_call"]
+    assert with_number[1]["parameters"]["properties"]["to"]["enum"] == [TRANSFER_TO]
+    assert with_number[1]["parameters"]["required"] == ["to"]
+
+
+def test_tokens_arrive_in_order_while_the_server_is_still_streaming(
+    fake: FakeGroqLlm, llm: GroqLlm
+) -> None:
+    fake.script(TextReply("Sure. We open at nine, and close at 5.30 pm.", 100, 30))
+
+    started = time.monotonic()
+    arrivals: list[tuple[float, LlmEvent]] = [
+        (time.monotonic() - started, e) for e in llm.stream(CONTEXT, HISTORY)
+    ]
+
+    events = [e for _, e in arrivals]
+    assert text_of(events) == "Sure. We open at nine, and close at 5.30 pm."
+    assert [e.text for e in events[:3]] == ["Sure", ".", " We"]
+    assert events[-1].kind is LlmEventKind.DONE
+    first, last = arrivals[0][0], arrivals[-1][0]
+    assert 0.1 <= first < 0.5
+    assert last - first >= 0.3  # tokens spread over the stream, not buffered to the end
+
+
+def test_a_tool_call_streamed_in_fragments_is_assembled_after_the_spoken_text(
+    fake: FakeGroqLlm, llm: GroqLlm
+) -> None:
+    arguments = '{"reason": "caller said goodbye"}'
+    fake.script(ToolCallReply("end_call", arguments, text="Goodbye!", fragments=4))
+
+    events = list(llm.stream(CONTEXT, HISTORY))
+
+    assert text_of(events) == "Goodbye!"
+    assert [e.kind for e in events[-2:]] == [LlmEventKind.TOOL_CALL, LlmEventKind.DONE]
+    assert events[-2].tool == "end_call"
+    assert events[-2].arguments == {"reason": "caller said goodbye"}
+
+
+def test_malformed_tool_arguments_become_empty_with_a_warning(
+    fake: FakeGroqLlm, llm: GroqLlm, caplog: pytest.LogCaptureFixture
+) -> None:
+    fake.script(ToolCallReply("end_call", '{"reason": "bye'))
+
+    with caplog.at_level(logging.WARNING, "shared.providers.llm.groq"):
+        events = list(llm.stream(CONTEXT, HISTORY))
+
+    assert events[-2] == LlmEvent(LlmEventKind.TOOL_CALL, tool="end_call", arguments={})
+    assert "malformed arguments" in caplog.text
+
+
+def test_a_transfer_goes_only_to_the_configured_number_and_only_when_offered(
+    fake: FakeGroqLlm, llm: GroqLlm
+) -> None:
+    context = AgentContext(**{**CONTEXT.__dict__, "transfer_number": TRANSFER_TO})
+    fake.script(
+        ToolCallReply("transfer_call", '{"to": "+19005550199"}'),
+        ToolCallReply("transfer_call", '{"to": "+19005550199"}'),
+    )
+
+    redirected = list(llm.stream(context, HISTORY))
+    not_offered = list(llm.stream(CONTEXT, HISTORY))
+
+    assert redirected[-2].arguments == {"to": TRANSFER_TO}
+    assert [e.kind for e in not_offered] == [LlmEventKind.DONE]
+
+
+def test_closing_the_stream_early_aborts_the_server_response(
+    fake: FakeGroqLlm, llm: GroqLlm
+) -> None:
+    fake.script(TextReply("word " * 200, token_interval_ms=10))
+
+    stream = llm.stream(CONTEXT, HISTORY)
+    assert next(stream).text == "word"
+    stream.close()
+
+    assert fake.wait_aborted(1, timeout=2.0)
+
+
+def test_streams_run_concurrently_and_reuse_a_kept_alive_connection(
+    fake: FakeGroqLlm, llm: GroqLlm
+) -> None:
+    list(llm.stream(CONTEXT, HISTORY))
+    list(llm.stream(CONTEXT, HISTORY))
+    assert fake.connections == 1
+
+    fake.script(*[TextReply("one two three four five", 0, 40) for _ in range(3)])
+    spans: list[tuple[float, float, str]] = []
+
+    def converse() -> None:
+        events = llm.stream(CONTEXT, HISTORY)
+        first = next(events)
+        first_at = time.monotonic()
+        rest = list(events)
+        spans.append((first_at, time.monotonic(), text_of([first, *rest])))
+
+    threads = [threading.Thread(target=converse) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+    assert [text for _, _, text in spans] == ["one two three four five"] * 3
+    assert max(first for first, _, _ in spans) < min(end for _, end, _ in spans)
+
+
+def test_a_rate_limit_with_retry_after_is_retried_when_opening(
+    fake: FakeGroqLlm, llm: GroqLlm, waits: list[float]
+) -> None:
+    fake.script(ErrorReply(429, "Rate limit reached", retry_after="1"), TextReply("Hello."))
+
+    events = list(llm.stream(CONTEXT, HISTORY))
+
+    assert text_of(events) == "Hello."
+    assert waits == [1.0]
+    assert len(fake.bodies()) == 2
+
+
+def test_server_errors_that_persist_make_the_provider_unavailable(
+    fake: FakeGroqLlm, llm: GroqLlm, waits: list[float]
+) -> None:
+    fake.script(*[ErrorReply(500, "internal")] * 3)
+
+    # Groq is on the live call path: it gets the fail-fast policy (2 tries), then the
+    # loop falls back to the local agent.
+    with pytest.raises(ProviderUnavailable, match="groq unavailable: 2 attempts failed"):
+        list(llm.stream(CONTEXT, HISTORY))
+    assert len(waits) == 1
+
+
+@pytest.mark.parametrize(
+    ("reply", "key", "message"),
+    [
+        (
+            ErrorReply(400, "tool_use_failed"),
+            API_KEY,
+            "groq refused the request: 400 tool_use_failed",
+        ),
+        (None, "gsk_wrong", "groq refused the request: 401 Invalid API Key"),
+    ],
+)
+def test_a_refused_request_is_not_retried_and_says_why(
+    fake: FakeGroqLlm, waits: list[float], reply: ErrorReply | None, key: str, message: str
+) -> None:
+    if reply:
+        fake.script(reply)
+
+    with pytest.raises(LlmError, match=message):
+        list(GroqLlm(key, fake.url).stream(CONTEXT, HISTORY))
+    assert waits == []
+    assert len(fake.requests) == 1
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        TextReply("We open at nine tomorrow.", error_after_tokens=2),
+        TextReply("We open at nine tomorrow.", cut_after_tokens=2),
+    ],
+    ids=["error event", "dropped connection"],
+)
+def test_a_reply_that_breaks_after_it_started_raises_a_stream_error(
+    fake: FakeGroqLlm, llm: GroqLlm, reply: TextReply
+) -> None:
+    fake.script(reply)
+    received: list[LlmEvent] = []
+
+    with pytest.raises(LlmStreamError, match="groq stream broke after 2 tokens"):
+        received.extend(llm.stream(CONTEXT, HISTORY))
+    assert text_of(received) == "We open"
+    assert len(fake.requests) == 1

@@ -1,0 +1,126 @@
+"""GET /media/telnyx (websocket): one Telnyx media stream ↔ one call's real-time loop.
+
+The stream is accepted only with an unexpired token bound to a live call of the right
+tenant; anything else is closed with a logged reason. The call's context is loaded in a
+greenlet of its own while the first frames arrive, so audio never waits on the database.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from flask import current_app, request
+from simple_websocket import ConnectionClosed
+
+from shared.db.engine import session_scope
+from shared.observability.metrics import (
+    VOICE_ACTIVE_CALLS,
+    VOICE_BAD_FRAMES,
+    VOICE_REJECTED_STREAMS,
+)
+from shared.services import call_context, stream_tokens
+from shared.voice import telnyx_media as tm
+from shared.voice.call_loop import CallLoop, CallSetup
+from shared.voice.recorder import DbTurnWriter
+from web.voice.runtime import VoiceRuntime
+
+log = logging.getLogger(__name__)
+POLICY_VIOLATION = 1008
+START_TIMEOUT = 10.0
+MAX_FRAMES_PER_SECOND = 250  # Telnyx sends 50 (20 ms frames); far more is a flood
+
+
+def media_stream(ws: Any) -> None:
+    runtime: VoiceRuntime = current_app.extensions["voice"]
+    grant = stream_tokens.redeem(runtime.settings.signing_key, request.args.get("token", ""))
+    if grant is None:
+        return _reject(ws, "invalid or expired stream token")
+    try:
+        with session_scope(runtime.sessions) as session:
+            start = call_context.load(session, grant.call_id, grant.organization_id)
+    except call_context.CallNotLive as exc:
+        return _reject(ws, str(exc))
+    stream_start = _await_start(ws)
+    if stream_start is None:
+        return _reject(ws, "no start frame")
+    log.info(
+        "media stream started",
+        extra={"call_id": str(start.call_id), "stream_id": stream_start.stream_id},
+    )
+    loop = CallLoop(
+        send=ws.send,
+        providers=runtime.call_providers(),
+        setup=CallSetup(start.context, start.voice, start.language),
+        sink=DbTurnWriter(runtime.sessions, start.call_id),
+        on_end_call=lambda: runtime.hang_up(start),
+        on_transfer=lambda to: runtime.transfer(start, to),
+        config=runtime.loop_config,
+    )
+    VOICE_ACTIVE_CALLS.inc()
+    try:
+        loop.start()
+        _read(ws, loop, str(start.call_id))
+    finally:
+        loop.close()
+        VOICE_ACTIVE_CALLS.dec()
+        log.info("media stream ended", extra={"call_id": str(start.call_id)})
+
+
+def _await_start(ws: Any) -> tm.Start | None:
+    """Read up to the `start` frame; anything before it (media included) is dropped."""
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        try:
+            raw = ws.receive(timeout=max(0.01, deadline - time.monotonic()))
+        except ConnectionClosed:
+            return None
+        if raw is None:
+            continue
+        try:
+            frame = tm.parse(raw)
+        except tm.ProtocolError as exc:
+            VOICE_BAD_FRAMES.labels("malformed").inc()
+            log.warning("dropped frame before start: %s", exc)
+            continue
+        if isinstance(frame, tm.Start):
+            return frame
+        if isinstance(frame, tm.Media):
+            VOICE_BAD_FRAMES.labels("media_before_start").inc()
+            log.warning("dropped media frame received before start")
+    return None
+
+
+def _read(ws: Any, loop: CallLoop, call_id: str) -> None:
+    window_start, frames = time.monotonic(), 0
+    while True:
+        try:
+            raw = ws.receive()
+        except ConnectionClosed:
+            log.info("media socket closed", extra={"call_id": call_id})
+            return
+        frames += 1
+        if frames > MAX_FRAMES_PER_SECOND:
+            if time.monotonic() - window_start < 1.0:
+                VOICE_BAD_FRAMES.labels("flood").inc()
+                log.warning("media stream flooding: closing it", extra={"call_id": call_id})
+                ws.close(reason=POLICY_VIOLATION, message="too many frames")
+                return
+            window_start, frames = time.monotonic(), 0
+        try:
+            frame = tm.parse(raw)
+        except tm.ProtocolError as exc:
+            VOICE_BAD_FRAMES.labels("malformed").inc()
+            log.warning("dropped frame: %s", exc, extra={"call_id": call_id})
+            continue
+        if isinstance(frame, tm.Stop):
+            return
+        if frame is not None:
+            loop.feed(frame)
+
+
+def _reject(ws: Any, reason: str) -> None:
+    VOICE_REJECTED_STREAMS.labels(reason.split(":", maxsplit=1)[0][:40]).inc()
+    log.warning("media stream rejected: %s", reason, extra={"remote_addr": request.remote_addr})
+    ws.close(reason=POLICY_VIOLATION, message=reason[:120])

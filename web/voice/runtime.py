@@ -1,0 +1,65 @@
+"""What the voice process holds for all its calls: settings, sessions, providers, broker."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import dramatiq
+import gevent
+from sqlalchemy.orm import Session, sessionmaker
+
+from shared.config import Settings
+from shared.providers.registry import ProviderSet
+from shared.queue.broker import enqueue
+from shared.queue.tasks import CALL_CONTROL
+from shared.services.call_context import CallStart
+from shared.voice.call_loop import LoopConfig
+from shared.voice.stages import CallProviders
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class VoiceRuntime:
+    settings: Settings
+    sessions: sessionmaker[Session]
+    providers: ProviderSet
+    broker: dramatiq.Broker
+    loop_config: LoopConfig
+    ready: bool = False  # local models loaded: calls answer without a cold start
+
+    def call_providers(self) -> CallProviders:
+        return self.providers.for_call()
+
+    def warm_up(self) -> gevent.Greenlet:
+        """Load local models in the background: the first call must not wait on a load."""
+
+        def load() -> None:
+            # Model loading is CPU work in C: an OS thread of the hub's pool keeps the
+            # hub (and any early call) responsive meanwhile.
+            gevent.get_hub().threadpool.spawn(self.providers.warm_up).get()
+            self.ready = True
+
+        return gevent.spawn(load)
+
+    def hang_up(self, start: CallStart) -> None:
+        self._command("hangup", start, "")
+
+    def transfer(self, start: CallStart, to: str) -> None:
+        self._command("transfer", start, to)
+
+    def _command(self, command: str, start: CallStart, argument: str) -> None:
+        if not start.call_control_id:
+            log.warning("cannot %s: the call has no call_control_id", command)
+            return
+        # Off the audio path: a greenlet of its own does the Redis round trip.
+        gevent.spawn(
+            enqueue,
+            self.broker,
+            CALL_CONTROL,
+            command,
+            start.call_control_id,
+            str(start.call_id),
+            argument,
+        )

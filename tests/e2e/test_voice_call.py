@@ -204,9 +204,6 @@ def test_an_offline_call_greets_answers_from_knowledge_and_stores_its_turns(
     assert (
         reply.voice_to_voice_ms and reply.llm_ttft_ms is not None and reply.tts_ttfa_ms is not None
     )
-    print(
-        f"latency ms: stt={caller.stt_ms:.0f} ttft={reply.llm_ttft_ms:.0f} ttfa={reply.tts_ttfa_ms:.0f} v2v={reply.voice_to_voice_ms:.0f}"
-    )
 
 
 def test_caller_speech_during_an_answer_cuts_it_off(

@@ -37,12 +37,12 @@ Route = Callable[[Recorded], Reply]
 class HttpFake:
     """`route(method, path, recorded) -> Reply` answers; `fail_next` queues failures first."""
 
-    def __init__(self, route: Callable[[Recorded], Reply]) -> None:
+    def __init__(self, route: Callable[[Recorded], Reply], port: int = 0) -> None:
         self.route = route
         self.requests: list[Recorded] = []
         self.failures: list[Reply] = []
         self._lock = threading.Lock()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self._server = ThreadingHTTPServer(("127.0.0.1", port), self._handler())
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 

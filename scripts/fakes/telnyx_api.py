@@ -38,9 +38,9 @@ def _route(recorded: Recorded) -> Reply:
     return Reply(404, {"errors": [{"code": "404", "title": "Not found"}]})
 
 
-def start_fake_telnyx() -> HttpFake:
+def start_fake_telnyx(port: int = 0) -> HttpFake:
     """Start a fake Telnyx API; point TELNYX_API_URL at `fake.url + "/v2"`."""
-    return HttpFake(_route).start()
+    return HttpFake(_route, port).start()
 
 
 def actions(fake: HttpFake, action: str) -> list[Recorded]:

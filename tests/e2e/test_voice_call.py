@@ -323,3 +323,46 @@ def test_a_failing_real_llm_falls_back_to_the_local_agent_and_the_call_goes_on(
     assert fake.requests, "the real LLM was tried first"
     assert "thanks for calling" in greeting.lower()
     assert "using the local one" in log_path.read_text()
+
+
+def test_garbage_frames_are_dropped_and_a_flood_closes_only_its_own_stream(
+    voice: int,
+    web: FlaskClient,
+    signer: TelnyxSigner,
+    e2e_settings: Settings,
+    e2e_sessions: sessionmaker[Session],
+) -> None:
+    call, token = answered_call(web, signer, e2e_settings, e2e_sessions)
+    _, flood_token = answered_call(web, signer, e2e_settings, e2e_sessions)
+    with FakeTelnyxCall(media_url(voice, token), call_control_id="v3:good") as phone:
+        phone.start_line()
+        phone.send_raw("not json at all")
+        phone.send_raw(
+            '{"event":"media","sequence_number":"3","media":{"payload":"%%% not base64"}}'
+        )
+        phone.send_raw(
+            '{"event":"media","sequence_number":"1","media":{"payload":"/w=="}}'
+        )  # late duplicate
+        phone.send_raw(
+            '{"event":"media","sequence_number":"99999","media":{"track":"outbound","payload":"/w=="}}'
+        )
+        flood = FakeTelnyxCall(media_url(voice, flood_token), call_control_id="v3:flood")
+        try:
+            with contextlib.suppress(CallClosed):
+                flood.connect()
+                for _ in range(2000):
+                    flood.send_raw(
+                        '{"event":"media","sequence_number":"2","media":{"payload":"/w=="}}'
+                    )
+            assert flood.wait_closed(timeout=10)
+        finally:
+            flood.close()
+        wait_agent_quiet(phone)
+        heard_before = len(phone.heard)
+        phone.send_audio(QUESTION)
+        wait_for(lambda: len(phone.heard) > heard_before, 20, "an answer after the garbage")
+        wait_agent_quiet(phone)
+        answer = transcribe_ulaw(phone.heard[heard_before:])
+        phone.stop()
+    assert "saturday" in answer.lower()
+    assert [t.speaker for t in turns(e2e_sessions, call.id)][:3] == ["agent", "caller", "agent"]

@@ -1,0 +1,59 @@
+"""Agent audio pacing: small lead at Telnyx, a mark per chunk, clear drops the rest."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import gevent
+
+from shared.voice.playout import Playout
+
+SECOND = 8000  # bytes of 8 kHz μ-law
+
+
+def run(playout: Playout) -> gevent.Greenlet:
+    return gevent.spawn(playout.run)
+
+
+def test_audio_is_paced_against_real_time_with_a_mark_after_each_chunk() -> None:
+    sent: list[tuple[float, dict]] = []
+    playout = Playout(
+        lambda text: sent.append((time.monotonic(), json.loads(text))), chunk_ms=40, lead_ms=80
+    )
+    pacer = run(playout)
+    audio = playout.begin_turn(1)
+    start = time.monotonic()
+    playout.add(audio, b"\x7f" * (SECOND // 2))  # 500 ms
+    playout.finish(audio)
+    playout.idle.wait(timeout=3)
+    playout.close()
+    pacer.join(timeout=1)
+    media = [(t, m) for t, m in sent if m["event"] == "media"]
+    marks = [m["mark"]["name"] for _, m in sent if m["event"] == "mark"]
+    assert len(media) == len(marks) == 13  # 12 full 40 ms chunks + the 20 ms rest
+    assert marks[-1] == f"1:{SECOND // 2}"
+    # Never more than lead + one chunk ahead of real time.
+    for (t, _), sent_bytes in zip(media, range(320, SECOND, 320), strict=False):
+        assert sent_bytes / SECOND - (t - start) <= 0.08 + 0.04 + 0.02
+    assert time.monotonic() - start >= 0.5 - 0.08 - 0.04
+
+
+def test_marks_tell_what_was_heard_and_clear_drops_the_rest() -> None:
+    sent: list[dict] = []
+    playout = Playout(lambda text: sent.append(json.loads(text)), chunk_ms=100, lead_ms=100)
+    pacer = run(playout)
+    audio = playout.begin_turn(7)
+    playout.add(audio, b"\x7f" * SECOND)
+    gevent.sleep(0.25)
+    first_mark = next(m["mark"]["name"] for m in sent if m["event"] == "mark")
+    playout.on_mark(first_mark)
+    assert audio.heard == 800 and playout.speaking
+    cut = playout.clear()
+    assert cut is audio and sent[-1] == {"event": "clear"}
+    assert audio.sent < SECOND and not audio.queued
+    playout.on_mark(f"7:{audio.sent}")  # Telnyx returns queued marks after a clear: not heard
+    assert audio.heard == 800
+    assert not playout.speaking
+    playout.close()
+    pacer.join(timeout=1)

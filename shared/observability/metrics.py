@@ -105,6 +105,12 @@ VOICE_LOOP_OVERHEAD = Histogram(
     "Voice-to-voice minus the provider stages: the loop's own cost",
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5),
 )
+VOICE_INBOUND_FRAME_LAG = Histogram(
+    "voice_inbound_frame_lag_seconds",
+    "Worst lateness of a caller media frame in one second of a call: when the reader got it, "
+    "against its Telnyx timestamp and the call's earliest frame (0: on its 20 ms schedule)",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)
 VOICE_ACTIVE_CALLS = Gauge("voice_active_calls", "Calls in progress", multiprocess_mode="livesum")
 VOICE_BARGE_INS = Counter("voice_barge_ins_total", "Agent audio cut by caller speech")
 VOICE_FALLBACKS = Counter(

@@ -11,7 +11,7 @@ import base64
 import binascii
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -39,6 +39,8 @@ class Media:
     sequence: int
     payload: bytes
     track: str
+    # ms since the stream started, when Telnyx sent it: for lateness, not part of the audio
+    timestamp: int | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,7 +88,16 @@ def _media(message: dict[str, Any]) -> Media:
         sequence=int(message.get("sequence_number") or media.get("chunk") or 0),
         payload=base64.b64decode(media["payload"], validate=True),
         track=str(media.get("track") or "inbound"),
+        timestamp=_timestamp(media.get("timestamp")),
     )
+
+
+def _timestamp(value: Any) -> int | None:
+    """`media.timestamp` (a string of ms): only measured, so a bad one is ignored."""
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
 
 
 def _start(message: dict[str, Any]) -> Start:

@@ -18,6 +18,7 @@ from shared.db.engine import session_scope
 from shared.observability.metrics import (
     VOICE_ACTIVE_CALLS,
     VOICE_BAD_FRAMES,
+    VOICE_INBOUND_FRAME_LAG,
     VOICE_REJECTED_STREAMS,
 )
 from shared.services import call_context, stream_tokens
@@ -92,14 +93,40 @@ def _await_start(ws: Any) -> tm.Start | None:
     return None
 
 
+class FrameLag:
+    """How late the reader gets the caller's frames. Telnyx stamps each with its send time
+    (`media.timestamp`, ms since the stream started); arrival minus stamp, less the smallest
+    such offset seen on this call, is the frame's lag (0: on its 20 ms schedule). Per frame
+    that is a subtraction and two comparisons; the worst lag of each second is observed."""
+
+    WINDOW_MS = 1000
+
+    def __init__(self) -> None:
+        self.best = float("inf")  # the smallest arrival - timestamp so far
+        self.worst = 0.0  # the largest lag in the current window
+        self.window_end: int | None = None  # the timestamp that closes the window
+
+    def frame(self, timestamp_ms: int, arrived: float) -> None:
+        offset = arrived - timestamp_ms / 1000
+        self.best = min(self.best, offset)
+        self.worst = max(self.worst, offset - self.best)
+        if self.window_end is None:
+            self.window_end = timestamp_ms + self.WINDOW_MS
+        elif timestamp_ms >= self.window_end:
+            VOICE_INBOUND_FRAME_LAG.observe(self.worst)
+            self.worst, self.window_end = 0.0, timestamp_ms + self.WINDOW_MS
+
+
 def _read(ws: Any, loop: CallLoop, call_id: str) -> None:
     window_start, frames = time.monotonic(), 0
+    lag = FrameLag()
     while True:
         try:
             raw = ws.receive()
         except ConnectionClosed:
             log.info("media socket closed", extra={"call_id": call_id})
             return
+        arrived = time.monotonic()
         frames += 1
         if frames > MAX_FRAMES_PER_SECOND:
             if time.monotonic() - window_start < 1.0:
@@ -116,6 +143,8 @@ def _read(ws: Any, loop: CallLoop, call_id: str) -> None:
             continue
         if isinstance(frame, tm.Stop):
             return
+        if isinstance(frame, tm.Media) and frame.timestamp is not None:
+            lag.frame(frame.timestamp, arrived)
         if frame is not None:
             loop.feed(frame)
 

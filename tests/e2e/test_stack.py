@@ -6,20 +6,11 @@ import os
 import signal
 import subprocess
 import sys
-import urllib.request
 from pathlib import Path
 
 import psutil
 
-from tests.e2e.conftest import ROOT, free_port, wait_for
-
-
-def _get(url: str) -> int:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 - loopback only
-            return int(response.status)
-    except OSError:
-        return 0
+from tests.e2e.conftest import ROOT, free_port, http_status, wait_for
 
 
 def test_the_stack_starts_embedded_servers_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
@@ -38,11 +29,13 @@ def test_the_stack_starts_embedded_servers_and_stops_cleanly_on_ctrl_c(tmp_path:
     )
     try:
         wait_for(
-            lambda: _get(f"http://127.0.0.1:{ports['WEB_PORT']}/readyz") == 200, 90, "web /readyz"
+            lambda: http_status(f"http://127.0.0.1:{ports['WEB_PORT']}/readyz") == 200,
+            90,
+            "web /readyz",
         )
-        assert _get(f"http://127.0.0.1:{ports['VOICE_PORT']}/healthz") == 200
+        assert http_status(f"http://127.0.0.1:{ports['VOICE_PORT']}/healthz") == 200
         wait_for(
-            lambda: _get(f"http://127.0.0.1:{ports['WORKER_METRICS_PORT']}/healthz") == 200,
+            lambda: http_status(f"http://127.0.0.1:{ports['WORKER_METRICS_PORT']}/healthz") == 200,
             30,
             "worker /healthz",
         )

@@ -9,7 +9,6 @@ import os
 import subprocess
 import sys
 import time
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,7 +26,7 @@ from shared.db.models import Call, CallTurn
 from shared.services import stream_tokens
 from tests.api.test_resources import AGENT
 from tests.conftest import register_tenant
-from tests.e2e.conftest import ROOT, free_port, wait_for
+from tests.e2e.conftest import ROOT, free_port, http_status, wait_for
 
 FIXTURES = ROOT / "tests" / "providers" / "fixtures"
 QUESTION = (FIXTURES / "caller_when_open.ulaw").read_bytes()  # "When are you open on Saturday?"
@@ -41,14 +40,6 @@ KNOWLEDGE = [
         "answer": "We are at twelve Harbor Street, next to the old post office, with free parking behind the building.",
     },
 ]
-
-
-def _get(url: str) -> int:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 - loopback only
-            return int(response.status)
-    except OSError:
-        return 0
 
 
 def start_voice(
@@ -84,7 +75,7 @@ def start_voice(
     )
     try:
         wait_for(
-            lambda: _get(f"http://127.0.0.1:{port}/readyz") == 200,
+            lambda: http_status(f"http://127.0.0.1:{port}/readyz") == 200,
             120,
             "the voice process to load its models",
         )

@@ -10,12 +10,22 @@ from dataclasses import dataclass
 import dramatiq
 
 from shared.config import Settings
+from shared.providers.embeddings.base import EmbeddingsProvider
+from shared.providers.registry import build_embeddings
 
 
 @dataclass
 class Runtime:
     settings: Settings
     broker: dramatiq.Broker
+    _embeddings: EmbeddingsProvider | None = None
+
+    @property
+    def embeddings(self) -> EmbeddingsProvider:
+        """Built on first use: only the memory actor needs a model in memory."""
+        if self._embeddings is None:
+            self._embeddings = build_embeddings(self.settings)
+        return self._embeddings
 
 
 _runtime: Runtime | None = None

@@ -14,6 +14,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session, selectinload
 
 from shared.db.models import AbVariant, Call, Memory, OutcomeStat
+from shared.providers.embeddings.base import EmbeddingsProvider
 from shared.services.call_status import CallStatus
 from shared.services.jobs import claim
 
@@ -41,8 +42,11 @@ def analyze(session: Session, call: Call) -> None:
         call.outcome = _outcome(call, bool(caller))
 
 
-def remember(session: Session, call: Call) -> bool:
-    """A memory snapshot of the call for its customer (embedded later for recall)."""
+def remember(session: Session, call: Call, embeddings: EmbeddingsProvider) -> bool:
+    """A memory snapshot of the call for its customer, embedded for recall (pgvector).
+
+    Re-running stores nothing new; a snapshot left without a vector (the embedding failed
+    after the insert committed) gets one on the next run."""
     if call.customer_id is None or not call.summary:
         return False
     stmt = (
@@ -57,7 +61,14 @@ def remember(session: Session, call: Call) -> bool:
         )
         .on_conflict_do_nothing(constraint="uq_memories_call_kind")
     )
-    return bool(session.execute(stmt).rowcount)  # type: ignore[attr-defined]
+    session.execute(stmt)
+    memory = session.scalar(
+        select(Memory).where(Memory.call_id == call.id, Memory.kind == "call_summary")
+    )
+    if memory is None or memory.embedding is not None:
+        return False
+    memory.embedding = embeddings.embed([memory.content], "document")[0]
+    return True
 
 
 def learn(session: Session, call: Call) -> bool:

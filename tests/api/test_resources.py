@@ -216,3 +216,49 @@ def test_call_patch_enforces_the_status_machine(
     )
     assert illegal.status_code == 409
     assert client.get(f"/api/v1/calls/{call.id}", headers=tenant.headers).get_json()["notes"] == "n"
+
+
+def test_customer_context_ranks_memories_by_meaning(
+    client: FlaskClient, tenant: Tenant, db: Session
+) -> None:
+    from shared.db.models import Memory
+    from shared.providers.embeddings.local import LocalEmbeddings
+
+    customer = client.post(
+        "/api/v1/customers", json={"phone": "+14155550142", "name": "Ada"}, headers=tenant.headers
+    ).get_json()
+    call = seed_call(db, tenant)
+    call.customer_id = uuid.UUID(customer["id"])
+    call.outcome = "booked"
+    embeddings = LocalEmbeddings()
+    notes = [
+        "Ada asked to move her cleaning appointment to Friday.",
+        "Ada's dog is called Biscuit and she loves hiking.",
+    ]
+    for note, vector in zip(notes, embeddings.embed(notes), strict=True):
+        db.add(
+            Memory(
+                organization_id=uuid.UUID(tenant.organization_id),
+                customer_id=call.customer_id,
+                call_id=None,
+                kind="note",
+                content=note,
+                embedding=vector,
+            )
+        )
+    db.flush()
+    body = client.get(
+        f"/api/v1/customers/{customer['id']}/context?query=reschedule my dental visit",
+        headers=tenant.headers,
+    ).get_json()
+    assert body["customer_profile"]["name"] == "Ada"
+    assert [c["id"] for c in body["recent_calls"]] == [str(call.id)]
+    ranked = body["relevant_memories"]
+    assert ranked[0]["content"] == notes[0] and ranked[0]["similarity"] > ranked[1]["similarity"]
+    assert "booked" in body["suggested_approach"]
+    recent = client.get(
+        f"/api/v1/customers/{customer['id']}/context", headers=tenant.headers
+    ).get_json()
+    assert {m["content"] for m in recent["relevant_memories"]} == set(notes) and recent[
+        "relevant_memories"
+    ][0]["similarity"] is None

@@ -65,3 +65,17 @@ def test_foreign_resources_are_404_and_unlisted(
         assert client.get(url, headers=tenant.headers).status_code == 200
     owner_list = client.get(f"/api/v1/{collection}", headers=tenant.headers).get_json()["data"]
     assert ids[collection] in [row["id"] for row in owner_list]
+
+
+def test_another_tenants_customer_context_is_404(
+    client: FlaskClient, tenant: Tenant, other_tenant: Tenant
+) -> None:
+    customer = client.post(
+        "/api/v1/customers", json={"phone": "+14155550143"}, headers=tenant.headers
+    ).get_json()
+    assert (
+        client.get(
+            f"/api/v1/customers/{customer['id']}/context", headers=other_tenant.headers
+        ).status_code
+        == 404
+    )

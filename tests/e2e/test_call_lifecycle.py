@@ -123,7 +123,9 @@ def test_inbound_call_runs_end_to_end_through_a_real_worker(
         with e2e_sessions() as session:
             stored = session.get(Call, call.id)
             memories = session.scalar(
-                select(func.count()).select_from(Memory).where(Memory.call_id == call.id)
+                select(func.count())
+                .select_from(Memory)
+                .where(Memory.call_id == call.id, Memory.embedding.is_not(None))
             )
             counted = session.scalar(
                 select(OutcomeStat.calls).where(OutcomeStat.agent_id == uuid.UUID(agent_id))

@@ -4,11 +4,21 @@ from __future__ import annotations
 
 from typing import Any
 
-from shared.services import customers
+from flask import current_app
+
+from shared.providers.registry import build_embeddings
+from shared.services import customer_context, customers
 from web.api.context import db, principal
 from web.api.routing import resource_blueprint
 from web.api.schemas.common import IdPath, ListOut, page_out
-from web.api.schemas.customers import CustomerIn, CustomerOut, CustomerPatch, CustomerQuery
+from web.api.schemas.customers import (
+    ContextQuery,
+    CustomerContextOut,
+    CustomerIn,
+    CustomerOut,
+    CustomerPatch,
+    CustomerQuery,
+)
 
 bp = resource_blueprint("customers")
 
@@ -49,3 +59,26 @@ def patch(path: IdPath, body: CustomerPatch) -> Any:
 def delete(path: IdPath) -> Any:
     customers.delete(db(), principal(), path.id)
     return "", 204
+
+
+@bp.get("/customers/<id>/context", responses={200: CustomerContextOut})
+def context(path: IdPath, query: ContextQuery) -> Any:
+    """Profile, recent calls, memories ranked by similarity to `query`, an approach."""
+    vector = _embed_query(query.query) if query.query else None
+    found = customer_context.build(db(), principal(), path.id, vector)
+    out = {
+        "customer_profile": found.customer,
+        "recent_calls": found.recent_calls,
+        "relevant_memories": found.memories,
+        "suggested_approach": found.suggested_approach,
+    }
+    return CustomerContextOut.model_validate(out, from_attributes=True).model_dump(mode="json")
+
+
+def _embed_query(text: str) -> list[float]:
+    provider = current_app.extensions.get("embeddings")
+    if provider is None:  # built on first use: most web processes never load the model
+        provider = current_app.extensions["embeddings"] = build_embeddings(
+            current_app.config["SETTINGS"]
+        )
+    return provider.embed([text], "query")[0]

@@ -38,8 +38,8 @@ def analyze_call(call_id: str) -> None:
 @actor(REMEMBER_CALL)
 def remember_call(call_id: str) -> None:
     call = post_call.load(db(), uuid.UUID(call_id))
-    if call is not None and post_call.remember(db(), call):
-        log.info("memory stored", extra={"call_id": call_id})
+    if call is not None and post_call.remember(db(), call, runtime.current().embeddings):
+        log.info("memory stored and embedded", extra={"call_id": call_id})
 
 
 @actor(LEARN_FROM_CALL)

@@ -37,3 +37,31 @@ class CustomerOut(Output):
     metadata: dict[str, Any] = Field(validation_alias="metadata_")
     created_at: datetime
     updated_at: datetime
+
+
+class ContextQuery(Input):
+    query: str | None = Field(
+        None, max_length=2000, description="what the call is about: ranks memories"
+    )
+
+
+class RecalledMemoryOut(Output):
+    content: str
+    similarity: float | None
+    type: str
+
+
+class RecentCallOut(Output):
+    id: uuid.UUID
+    direction: str
+    status: str
+    outcome: str | None
+    summary: str | None
+    created_at: datetime
+
+
+class CustomerContextOut(Output):
+    customer_profile: CustomerOut
+    recent_calls: list[RecentCallOut]
+    relevant_memories: list[RecalledMemoryOut]
+    suggested_approach: str | None

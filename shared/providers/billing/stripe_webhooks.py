@@ -19,14 +19,12 @@ from typing import Any
 
 import stripe
 
+from shared.providers.webhooks import InvalidWebhook
+
 SIGNATURE_HEADER = "Stripe-Signature"
 TOLERANCE_SECONDS = 300
 _MAX_ID = 200  # call_events.event_id
 _MAX_TYPE = 100  # call_events.event_type
-
-
-class InvalidWebhook(Exception):
-    """The delivery is not provably from Stripe (or not a Stripe event): reject, store nothing."""
 
 
 @dataclass(frozen=True)

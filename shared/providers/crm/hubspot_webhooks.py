@@ -30,6 +30,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from shared.providers.webhooks import InvalidWebhook
+
 SIGNATURE_HEADER = "X-HubSpot-Signature-v3"
 TIMESTAMP_HEADER = "X-HubSpot-Request-Timestamp"
 TOLERANCE_MS = 5 * 60 * 1000
@@ -49,10 +51,6 @@ _DECODED = {
     "3B": ";",
 }
 _ENCODED = re.compile("%(" + "|".join(_DECODED) + ")", re.IGNORECASE)
-
-
-class InvalidWebhook(Exception):
-    """The delivery is not provably from HubSpot (or not well formed): reject, store nothing."""
 
 
 @dataclass(frozen=True)

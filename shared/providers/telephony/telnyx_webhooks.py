@@ -22,13 +22,11 @@ from typing import Any
 from nacl.exceptions import BadSignatureError
 from nacl.signing import VerifyKey
 
+from shared.providers.webhooks import InvalidWebhook
+
 SIGNATURE_HEADER = "telnyx-signature-ed25519"
 TIMESTAMP_HEADER = "telnyx-timestamp"
 TOLERANCE_SECONDS = 300
-
-
-class InvalidWebhook(Exception):
-    """The delivery is not provably from Telnyx (or not well formed): reject, store nothing."""
 
 
 @dataclass(frozen=True)

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from http import HTTPStatus
-from typing import Any
+from typing import Any, TypeVar
 
 from flask import Response, request
 from flask_openapi3.blueprint import APIBlueprint
 from flask_openapi3.models.tag import Tag
 
+from shared.providers.webhooks import InvalidWebhook
 from web.api.problems import problem
 from web.api.schemas.common import Problem
 
@@ -26,6 +28,32 @@ def webhook_blueprint(name: str, prefix: str) -> APIBlueprint:
         abp_tags=[Tag(name="webhooks")],
         abp_responses=ERRORS,
     )
+
+
+E = TypeVar("E")
+
+
+def verified_event(
+    source: str,
+    secret: str | None,
+    setting: str,
+    verify: Callable[[bytes, str], None],
+    parse: Callable[[bytes], E],
+) -> E | Response:
+    """The parsed event of a delivery whose signature checks out, else the rejection to
+    send: 503 with no secret configured, 401 unverified, 400 verified but malformed.
+    Verification runs on the raw bytes, before anything parses them."""
+    if not secret or not secret.strip():
+        return not_configured(source, setting)
+    body = request.get_data(cache=False)
+    try:
+        verify(body, secret)
+    except InvalidWebhook as exc:
+        return rejected(source, str(exc))
+    try:
+        return parse(body)
+    except InvalidWebhook as exc:
+        return rejected(source, str(exc), status=400)
 
 
 def not_configured(source: str, setting: str) -> Response:

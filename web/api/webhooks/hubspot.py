@@ -11,16 +11,15 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from flask import current_app, request
+from flask import Response, current_app, request
 from flask_openapi3.blueprint import APIBlueprint
 
 from shared.config import Settings
 from shared.providers.crm import hubspot_webhooks
-from shared.providers.crm.hubspot_webhooks import InvalidWebhook
 from shared.services import crm_sync, events
 from web.api.context import db
 from web.api.routing import API_PREFIX
-from web.api.webhooks.common import acknowledged, not_configured, rejected, webhook_blueprint
+from web.api.webhooks.common import acknowledged, verified_event, webhook_blueprint
 
 log = logging.getLogger(__name__)
 SOURCE = "hubspot"
@@ -29,20 +28,16 @@ SOURCE = "hubspot"
 def receive() -> Any:
     """HubSpot webhook events (signed, v3, with the app's client secret)."""
     settings: Settings = current_app.config["SETTINGS"]
-    secret = settings.hubspot_client_secret
-    if not secret or not secret.strip():
-        return not_configured(SOURCE, "HUBSPOT_CLIENT_SECRET")
-    body = request.get_data(cache=False)
-    try:
-        hubspot_webhooks.verify(
-            request.method, public_uri(settings), body, dict(request.headers), secret
-        )
-    except InvalidWebhook as exc:
-        return rejected(SOURCE, str(exc))
-    try:
-        delivered = hubspot_webhooks.parse(body)
-    except InvalidWebhook as exc:
-        return rejected(SOURCE, str(exc), status=400)
+    headers, uri = dict(request.headers), public_uri(settings)
+    delivered = verified_event(
+        SOURCE,
+        settings.hubspot_client_secret,
+        "HUBSPOT_CLIENT_SECRET",
+        lambda body, secret: hubspot_webhooks.verify(request.method, uri, body, headers, secret),
+        hubspot_webhooks.parse,
+    )
+    if isinstance(delivered, Response):
+        return delivered
     session = db()
     fresh = []
     for event in delivered:

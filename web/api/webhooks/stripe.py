@@ -10,16 +10,16 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from flask import current_app, request
+from flask import Response, current_app, request
 from flask_openapi3.blueprint import APIBlueprint
 
 from shared.config import Settings
 from shared.providers.billing import stripe_webhooks
-from shared.providers.billing.stripe_webhooks import SIGNATURE_HEADER, InvalidWebhook
+from shared.providers.billing.stripe_webhooks import SIGNATURE_HEADER
 from shared.services import billing, events
 from web.api.context import db
 from web.api.routing import API_PREFIX
-from web.api.webhooks.common import acknowledged, not_configured, rejected, webhook_blueprint
+from web.api.webhooks.common import acknowledged, verified_event, webhook_blueprint
 
 log = logging.getLogger(__name__)
 SOURCE = "stripe"
@@ -28,18 +28,16 @@ SOURCE = "stripe"
 def receive() -> Any:
     """Stripe billing events (signed with the endpoint's whsec_ secret)."""
     settings: Settings = current_app.config["SETTINGS"]
-    secret = settings.stripe_webhook_secret
-    if not secret or not secret.strip():
-        return not_configured(SOURCE, "STRIPE_WEBHOOK_SECRET")
-    body = request.get_data(cache=False)
-    try:
-        stripe_webhooks.verify(body, request.headers.get(SIGNATURE_HEADER), secret)
-    except InvalidWebhook as exc:
-        return rejected(SOURCE, str(exc))
-    try:
-        event = stripe_webhooks.parse(body)
-    except InvalidWebhook as exc:
-        return rejected(SOURCE, str(exc), status=400)
+    signature = request.headers.get(SIGNATURE_HEADER)
+    event = verified_event(
+        SOURCE,
+        settings.stripe_webhook_secret,
+        "STRIPE_WEBHOOK_SECRET",
+        lambda body, secret: stripe_webhooks.verify(body, signature, secret),
+        stripe_webhooks.parse,
+    )
+    if isinstance(event, Response):
+        return event
     session = db()
     row_id = events.record(
         session,

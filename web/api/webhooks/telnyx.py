@@ -6,17 +6,16 @@ import logging
 from typing import Any
 
 import redis
-from flask import current_app, request
+from flask import Response, current_app, request
 
 from shared.config import Settings
 from shared.providers.telephony import telnyx_webhooks
-from shared.providers.telephony.telnyx_webhooks import InvalidWebhook
 from shared.queue.broker import enqueue
 from shared.queue.tasks import ANALYZE_CALL, CALL_CONTROL
 from shared.services import events, telephony
 from web.api.context import db
 from web.api.routing import API_PREFIX
-from web.api.webhooks.common import acknowledged, not_configured, rejected, webhook_blueprint
+from web.api.webhooks.common import acknowledged, rejected, verified_event, webhook_blueprint
 
 log = logging.getLogger(__name__)
 SOURCE = "telnyx"
@@ -25,17 +24,16 @@ SOURCE = "telnyx"
 def receive() -> Any:
     """Telnyx Call Control events (signed with the account's Ed25519 key)."""
     settings: Settings = current_app.config["SETTINGS"]
-    if not settings.telnyx_public_key:
-        return not_configured(SOURCE, "TELNYX_PUBLIC_KEY")
-    body = request.get_data(cache=False)
-    try:
-        telnyx_webhooks.verify(body, dict(request.headers), settings.telnyx_public_key)
-    except InvalidWebhook as exc:
-        return rejected(SOURCE, str(exc))
-    try:
-        event = telnyx_webhooks.parse(body)
-    except InvalidWebhook as exc:
-        return rejected(SOURCE, str(exc), status=400)
+    headers = dict(request.headers)
+    event = verified_event(
+        SOURCE,
+        settings.telnyx_public_key,
+        "TELNYX_PUBLIC_KEY",
+        lambda body, key: telnyx_webhooks.verify(body, headers, key),
+        telnyx_webhooks.parse,
+    )
+    if isinstance(event, Response):
+        return event
     session = db()
     row_id = events.record(
         session,

@@ -111,7 +111,14 @@ def _push(tts: _FallbackTts, reply: Reply, text: str) -> None:
 def _llm_events(
     providers: CallProviders, context: AgentContext, history: list[ChatMessage]
 ) -> Iterator[LlmEvent]:
-    """The reply's events; if the real LLM fails before saying anything, the local one answers."""
+    """The reply's events; if the real LLM fails before saying anything, the local one answers.
+
+    The greeting (no history yet) always comes from the local agent: it is the agent's own
+    configured words (personalised for a returning caller), so a network round trip to an
+    LLM would only delay the first thing the caller hears."""
+    if not history:
+        yield from providers.llm.fallback.stream(context, history)
+        return
     stream = providers.llm.current.stream(context, history)
     produced = False
     try:

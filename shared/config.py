@@ -73,7 +73,9 @@ class Settings(BaseSettings):
     access_token_minutes: int = 30
     refresh_token_days: int = 7
     max_body_bytes: int = Field(default=1024 * 1024)
-    db_pool_size: int = 10
+    # Per process: gevent serves many requests at once, and connections beyond the pool
+    # are opened and closed per request (churn) — keep the steady state inside it.
+    db_pool_size: int = 20
 
     @cached_property
     def signing_key(self) -> str:

@@ -24,7 +24,7 @@ def make_engine(database_url: str, *, pool_size: int = 10) -> Engine:
     engine = create_engine(
         database_url,
         pool_size=pool_size,
-        max_overflow=pool_size * 2,
+        max_overflow=pool_size,
         pool_recycle=1800,
     )
     _ping_idle_connections(engine)

@@ -6,7 +6,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
 from shared.db.models import ApiKey
@@ -65,5 +65,18 @@ def authenticate(session: Session, credential: str) -> Principal:
     now = datetime.now(UTC)
     # Coarse on purpose: one write a minute per key, not one per request.
     if row.last_used_at is None or now - row.last_used_at > LAST_USED_GRANULARITY:
-        session.execute(update(ApiKey).where(ApiKey.id == row.id).values(last_used_at=now))
+        # SKIP LOCKED: of the requests racing on a stale value, one writes; the others
+        # move on instead of queueing on the row lock until that request commits.
+        stale = (
+            select(ApiKey.id)
+            .where(ApiKey.id == row.id)
+            .where(
+                or_(
+                    ApiKey.last_used_at.is_(None), ApiKey.last_used_at < now - LAST_USED_GRANULARITY
+                )
+            )
+            .with_for_update(skip_locked=True)
+            .scalar_subquery()
+        )
+        session.execute(update(ApiKey).where(ApiKey.id == stale).values(last_used_at=now))
     return Principal(organization_id=row.organization_id, api_key_id=row.id)

@@ -144,6 +144,8 @@ def test_api_key_is_shown_once_stored_hashed_and_works_as_bearer(
     assert secret.encode() not in stored.secret_hash
     key_headers = {"Authorization": f"Bearer {key}"}
     assert client.get("/api/v1/agents", headers=key_headers).status_code == 200
+    db.refresh(stored)
+    assert stored.last_used_at is not None
     assert (
         client.get("/api/v1/agents", headers={"Authorization": f"Bearer {key[:-2]}xx"}).status_code
         == 401

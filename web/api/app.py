@@ -41,6 +41,7 @@ def create_app(
         doc_ui=False,
         validation_error_callback=problems.validation_problem,
     )
+    app.json.sort_keys = False  # type: ignore[attr-defined]  # key sorting cost ~7% of a list response
     app.config.update(
         SETTINGS=settings,
         MAX_CONTENT_LENGTH=settings.max_body_bytes,

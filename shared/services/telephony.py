@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
 from shared.db.models import Call, Customer
@@ -171,23 +171,30 @@ _HANDLERS = {
 }
 
 
+# Every event looks its call up: the statements are built (and their cache keys computed)
+# once, not per event.
+_CALL_BY_CCID = (
+    select(Call).where(Call.telnyx_call_control_id == bindparam("ccid")).with_for_update()
+)
+_CALL_BY_SESSION = (
+    select(Call).where(Call.telnyx_call_session_id == bindparam("session_id")).with_for_update()
+)
+_CUSTOMER_BY_PHONE = select(Customer).where(
+    Customer.organization_id == bindparam("organization_id"), Customer.phone == bindparam("phone")
+)
+
+
 def _find_call(session: Session, event: TelnyxEvent) -> Call | None:
     """By call_control_id; else by our call id in client_state (an outbound call whose
     dial response has not been stored yet); else by call session (recording events)."""
     ccid = event.call_control_id
     if ccid:
-        call = session.scalar(
-            select(Call).where(Call.telnyx_call_control_id == ccid).with_for_update()
-        )
+        call = session.scalar(_CALL_BY_CCID, {"ccid": ccid})
         if call is not None:
             return call
     call = _by_client_state(session, event)
     if call is None and event.payload.get("call_session_id"):
-        call = session.scalar(
-            select(Call)
-            .where(Call.telnyx_call_session_id == event.payload["call_session_id"])
-            .with_for_update()
-        )
+        call = session.scalar(_CALL_BY_SESSION, {"session_id": event.payload["call_session_id"]})
     return call
 
 
@@ -236,7 +243,7 @@ def _customer_for(session: Session, organization_id: uuid.UUID, phone: str) -> u
     if not phone.startswith("+"):
         return None
     customer = session.scalar(
-        select(Customer).where(Customer.organization_id == organization_id, Customer.phone == phone)
+        _CUSTOMER_BY_PHONE, {"organization_id": organization_id, "phone": phone}
     )
     if customer is None:
         customer = Customer(organization_id=organization_id, phone=phone)

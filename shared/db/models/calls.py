@@ -37,7 +37,8 @@ class Call(Base):
     notes: Mapped[str | None] = mapped_column(Text)
     hangup_cause: Mapped[str | None] = mapped_column(String(40))
     telnyx_call_control_id: Mapped[str | None] = mapped_column(String(200), unique=True)
-    telnyx_call_session_id: Mapped[str | None] = mapped_column(String(200))
+    # Indexed: events without a call_control_id (recordings) are matched by session.
+    telnyx_call_session_id: Mapped[str | None] = mapped_column(String(200), index=True)
     idempotency_key: Mapped[str | None] = mapped_column(String(200))
     request_fingerprint: Mapped[str | None] = mapped_column(String(64))
     recording_url: Mapped[str | None] = mapped_column(Text)

@@ -7,9 +7,7 @@ Create Date: 2026-11-25 23:44:07.682223
 
 from collections.abc import Sequence
 
-import sqlalchemy as sa
 from alembic import op
-
 
 revision: str = "0004"
 down_revision: str | None = "0003"

@@ -108,8 +108,10 @@ class FrameLag:
 
     def frame(self, timestamp_ms: int, arrived: float) -> None:
         offset = arrived - timestamp_ms / 1000
-        self.best = min(self.best, offset)
-        self.worst = max(self.worst, offset - self.best)
+        if offset < self.best:
+            self.best = offset
+        elif offset - self.best > self.worst:
+            self.worst = offset - self.best
         if self.window_end is None:
             self.window_end = timestamp_ms + self.WINDOW_MS
         elif timestamp_ms >= self.window_end:

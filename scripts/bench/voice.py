@@ -1,0 +1,1457 @@
+"""Benchmark of the `voice` process: loop overhead per turn, calls per process, local models.
+
+    .venv/bin/python -m scripts.bench.voice [a|b|c|all] [--steps 50,100,...] [--window 20]
+
+Starts embedded PostgreSQL + Valkey in their own data dir (.data/vbench unless --data-dir),
+seeds one tenant, agent, number and the calls directly, and starts the real `voice` process
+(gunicorn, one gevent worker) as the Procfile does. The fake Deepgram, Cartesia and Groq
+servers run in processes of their own, so their CPU is not the voice process's; the phones
+(scripts/fakes FakeTelnyxCall on one shared MediaLoop) run here.
+
+(a) Loop overhead: providers of fixed latency (Deepgram replies `--stt-ms` after the audio
+    that triggers them, Groq's first token at `--llm-ttft-ms` then one every
+    `--llm-token-ms`, Cartesia's first audio at `--tts-ms`); a few calls ask questions in
+    turn. Voice-to-voice and its parts from the stored call_turns, less the providers' known
+    time, and the loop's own `voice_loop_overhead_seconds`.
+(b) Calls per process: a ramp of simultaneous calls, each on an open line, asking a question
+    whenever the agent is quiet and interrupting one answer per measured window. Per step:
+    inbound frame lag (`voice_inbound_frame_lag_seconds`), agent-audio underruns and clear
+    latency at the phone, voice worker CPU. Then a py-spy profile, and the same step at
+    several VOICE_CHUNK_MS.
+(c) Local providers (Whisper + Silero, local agent, Piper): voice-to-voice on this CPU.
+
+Everything it starts is stopped at the end, on error and on Ctrl-C too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import http.client
+import itertools
+import json
+import linecache
+import math
+import multiprocessing
+import os
+import platform
+import random
+import secrets
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+import psutil
+from honcho.environ import parse_procfile
+from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy import Engine, insert, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from scripts.devstack import ROOT, Endpoints, services
+from scripts.fakes import deepgram_live
+from scripts.fakes.telnyx_media import CallClosed, FakeTelnyxCall, Gap, MediaLoop
+from scripts.fakes.telnyx_media_loop import TICK
+from shared.config import load_settings
+from shared.db.engine import make_engine, make_session_factory, session_scope
+from shared.db.migrate import upgrade
+from shared.db.models import Agent, Call, CallTurn, KnowledgeEntry, Organization, PhoneNumber
+from shared.services import stream_tokens
+from shared.voice.sentences import SentenceSplitter
+
+DEFAULT_DATA_DIR = ROOT / ".data" / "vbench"  # its own servers: never the dev or test data
+DATABASE = "switchboard_vbench"
+QUESTION = (ROOT / "tests" / "providers" / "fixtures" / "caller_when_open.ulaw").read_bytes()
+TRANSCRIPT = "When are you open on Saturday?"
+ANSWER = "On Saturdays we are open from nine until two. Is there anything else I can help with?"
+GREETING = "Hello, thanks for calling Acme Dental."
+KNOWLEDGE = (
+    (TRANSCRIPT, "On Saturdays we are open from nine in the morning until two in the afternoon."),
+    ("Where are you located?", "We are at twelve Harbor Street, next to the old post office."),
+)
+OFFICE = "+14155550100"
+KEYS = {"deepgram": "bench-deepgram", "cartesia": "bench-cartesia", "groq": "bench-groq"}
+SILENCE = b"\xff"  # μ-law zero: the open line
+BYTES_PER_S = 8000
+# The clip starts with silence: speech (and so any barge-in) begins this much later.
+ONSET_S = (len(QUESTION) - len(QUESTION.lstrip(SILENCE))) / BYTES_PER_S
+
+READY_TIMEOUT_S = 180.0
+STOP_TIMEOUT_S = 20.0
+POLL_S = 0.1  # how often a caller looks at its playout
+QUIET_S = 0.3  # agent silent this long: its turn is over
+ANSWER_TIMEOUT_S = 15.0
+PAUSE_S = (0.3, 1.0)  # caller's pause before the next question
+BARGE_AFTER_S = 0.6  # into an answer, the interruption starts
+GRACE_S = 2.5  # after a window: interruptions begun in it finish
+UNDERRUN_GAP_S = 0.04
+LAG_LIMIT_S = 0.02
+CLEAR_LIMIT_S = 0.2
+CONNECTS_PER_S = 25.0
+QUIET_PERCENT = 25.0
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def load_line() -> str:
+    one, five, fifteen = os.getloadavg()
+    return f"load average {one:.2f} {five:.2f} {fifteen:.2f}"
+
+
+def machine_busy_percent(seconds: float = 2.0) -> float:
+    """CPU busy on the whole machine over the next `seconds`, in % of one core."""
+    before = psutil.cpu_times()
+    time.sleep(seconds)
+    after = psutil.cpu_times()
+    busy = [(sum(t) - t.idle - getattr(t, "iowait", 0.0)) for t in (before, after)]
+    return float(100 * (busy[1] - busy[0]) / seconds)
+
+
+def wait_until_quiet(limit_s: float, busy_limit: float = QUIET_PERCENT) -> str:
+    """Wait (at most `limit_s`) for others' load to drop below `busy_limit`% of a core:
+    the machine is shared, and a busy neighbour skews every figure. Returns what it saw."""
+    deadline = time.monotonic() + limit_s
+    while (busy := machine_busy_percent()) > busy_limit and time.monotonic() < deadline:
+        pass
+    return f"machine busy {busy:.0f}% of a core before the run, {load_line()}"
+
+
+def pct(values: list[float], q: float) -> float:
+    """The q-th percentile (nearest rank) of `values`; NaN when empty."""
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    return ordered[max(0, min(len(ordered) - 1, math.ceil(q / 100 * len(ordered)) - 1))]
+
+
+# --- provider timing ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ProviderTimes:
+    """The fixed latencies the fake providers answer with, in ms."""
+
+    stt_ms: float = 100.0  # Deepgram: each reply this long after the audio that triggers it
+    llm_ttft_ms: float = 150.0  # Groq: first token
+    llm_token_ms: float = 10.0  # Groq: then one token every this
+    tts_ms: float = 80.0  # Cartesia: first audio of a turn
+
+    def first_sentence_ms(self, text: str = ANSWER) -> float:
+        """Groq request → the first sentence complete (the splitter cuts one token late)."""
+        from scripts.fakes.groq_llm import split_tokens
+
+        splitter = SentenceSplitter()
+        for n, token in enumerate(split_tokens(text), start=1):
+            if splitter.feed(token):
+                return self.llm_ttft_ms + (n - 1) * self.llm_token_ms
+        return self.llm_ttft_ms + (len(split_tokens(text)) - 1) * self.llm_token_ms
+
+    @property
+    def total_ms(self) -> float:
+        """End of speech → first audio, if the loop took no time at all."""
+        return self.stt_ms + self.first_sentence_ms() + self.tts_ms
+
+
+# --- fake providers, each in a process of its own -------------------------------------
+
+
+@dataclass
+class _Heard:
+    """One caller utterance as the fake Deepgram answers it: (audio seconds, message)."""
+
+    replies: list[tuple[float, dict[str, Any]]]
+
+    def due(self, seconds: float) -> list[dict[str, Any]]:
+        ready = [message for at, message in self.replies if at <= seconds]
+        self.replies = [(at, message) for at, message in self.replies if at > seconds]
+        return ready
+
+
+class _ContentResponder(deepgram_live._Responder):
+    """Finds the caller's utterances in the audio itself: the first non-silent byte after
+    the previous utterance starts one, which ends `speech_bytes` later. SpeechStarted at the
+    start, an interim half-way, the final (speech_final) at the end of speech; each sent
+    `latency_ms` after the audio that triggers it has arrived (no endpointing wait on top:
+    the provider's time is exactly `latency_ms`). Audio is counted, not kept."""
+
+    fake: ContentDeepgram
+
+    def __init__(self, fake: ContentDeepgram, ws: Any, session: deepgram_live.Session) -> None:
+        super().__init__(fake, ws, session)
+        self.received = 0
+        self.idle_from = 0  # no new utterance before this byte
+        self.heard: list[_Heard] = []
+
+    def _audio(self, data: bytes) -> bool:
+        start, self.received = self.received, self.received + len(data)
+        if start >= self.idle_from and (speech := data.lstrip(SILENCE)):
+            onset = self.received - len(speech)
+            self.idle_from = onset + self.fake.speech_bytes
+            self.heard.append(self._utterance(onset, self.idle_from))
+        seconds = self.received / self.bytes_per_s
+        for heard in self.heard:
+            self._send(heard.due(seconds), delay=True)
+        self.heard = [heard for heard in self.heard if heard.replies]
+        return True
+
+    def _utterance(self, onset: int, end: int) -> _Heard:
+        u = deepgram_live.Utterance(self.fake.transcript, onset / BYTES_PER_S, end / BYTES_PER_S)
+        words = u.transcript.split()
+        replies: list[tuple[float, dict[str, Any]]] = []
+        if self.q.get("vad_events") == "true":
+            started = {"type": "SpeechStarted", "channel": [0, 1], "timestamp": u.start_s}
+            replies.append((u.start_s, started))
+        if self.q.get("interim_results") == "true":
+            interim = " ".join(words[: max(1, len(words) // 2)])
+            middle = (u.start_s + u.end_s) / 2
+            replies.append((middle, self.results(u, interim, is_final=False, speech_final=False)))
+        final = self.results(u, u.transcript, is_final=True, speech_final=True)
+        replies.append((u.end_s, final))
+        return _Heard(replies)
+
+
+class ContentDeepgram(deepgram_live.DeepgramLiveFake):
+    """The Deepgram fake, scripted by what the caller says rather than by a fixed timeline."""
+
+    def __init__(self, api_key: str, latency_ms: float, transcript: str, speech_bytes: int) -> None:
+        super().__init__(api_key, latency_ms=latency_ms)
+        self.transcript = transcript
+        self.speech_bytes = speech_bytes
+
+    def _handle(self, connection: Any) -> None:
+        parts = urlsplit(connection.request.path)
+        query = dict(parse_qsl(parts.query))
+        session = deepgram_live.Session(parts.path, query, connection.request.headers)
+        _ContentResponder(self, connection, session).run()  # sessions not kept: hours of audio
+
+
+def _start_fake(kind: str, times: ProviderTimes) -> tuple[str, Callable[[], None]]:
+    """Start one fake in this process: (the URL the voice process uses, stop)."""
+    if kind == "deepgram":
+        speech = len(QUESTION.strip(SILENCE))
+        deepgram = ContentDeepgram(KEYS[kind], times.stt_ms, TRANSCRIPT, speech).start()
+        return deepgram.url, deepgram.stop
+    if kind == "cartesia":
+        from scripts.fakes.cartesia_tts import start_fake_cartesia
+
+        cartesia = start_fake_cartesia(KEYS[kind], latency_ms=times.tts_ms, chunk_ms=100)
+        return cartesia.url, cartesia.stop
+    from scripts.fakes.groq_llm import TextReply, start_fake_groq_llm
+
+    reply = TextReply(
+        ANSWER,
+        latency_ms=times.llm_ttft_ms - times.llm_token_ms,  # the role chunk; tokens follow
+        token_interval_ms=times.llm_token_ms,
+    )
+    groq = start_fake_groq_llm(KEYS[kind], lambda body: reply)
+    return groq.url, groq.stop
+
+
+def _fake_process(kind: str, times: ProviderTimes, conn: Connection) -> None:
+    """A child process: one fake until the parent says stop or goes away."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the group: the parent stops us
+    url, stop = _start_fake(kind, times)
+    try:
+        conn.send(url)
+        with contextlib.suppress(EOFError, OSError):
+            conn.recv()
+    finally:
+        stop()
+
+
+@dataclass(frozen=True)
+class Fakes:
+    urls: dict[str, str]
+    pids: dict[str, int]
+
+    def env(self) -> dict[str, str]:
+        """What points the voice process at the fakes."""
+        return {
+            "DEEPGRAM_API_KEY": KEYS["deepgram"],
+            "DEEPGRAM_URL": self.urls["deepgram"],
+            "CARTESIA_API_KEY": KEYS["cartesia"],
+            "CARTESIA_URL": self.urls["cartesia"],
+            "GROQ_API_KEY": KEYS["groq"],
+            "GROQ_URL": self.urls["groq"],
+            "SENTIMENT_PROVIDER": "local",  # the Groq fake only streams chat replies
+        }
+
+
+@contextlib.contextmanager
+def fake_providers(times: ProviderTimes) -> Iterator[Fakes]:
+    """The three fakes in spawned processes, stopped (then killed if need be) on exit."""
+    ctx = multiprocessing.get_context("spawn")
+    started: list[tuple[multiprocessing.process.BaseProcess, Connection]] = []
+    urls, pids = {}, {}
+    try:
+        for kind in ("deepgram", "cartesia", "groq"):
+            parent, child = ctx.Pipe()
+            proc = ctx.Process(
+                target=_fake_process, args=(kind, times, child), name=f"fake-{kind}", daemon=True
+            )
+            proc.start()
+            child.close()
+            started.append((proc, parent))
+            if not parent.poll(60):
+                raise RuntimeError(f"the {kind} fake did not start")
+            urls[kind], pids[kind] = parent.recv(), int(proc.pid or 0)
+        yield Fakes(urls, pids)
+    finally:
+        for child_proc, parent in started:
+            with contextlib.suppress(OSError):
+                parent.send("stop")
+            child_proc.join(5)
+            if child_proc.is_alive():
+                child_proc.kill()
+                child_proc.join(5)
+
+
+# --- database --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Ticket:
+    """A live call the voice process will accept a stream for."""
+
+    call_id: uuid.UUID
+    call_control_id: str
+    token: str
+
+
+class Tenant:
+    """One organization, agent and number; calls are added as the benchmark needs them."""
+
+    def __init__(self, engine: Engine, secret: str) -> None:
+        self.engine = engine
+        self.sessions: sessionmaker[Session] = make_session_factory(engine)
+        self.secret = secret
+        with session_scope(self.sessions) as session:
+            org = Organization(name="Acme Dental (bench)")
+            session.add(org)
+            session.flush()
+            agent = Agent(
+                organization_id=org.id,
+                name="Receptionist",
+                persona="You are the friendly receptionist of Acme Dental.",
+                greeting=GREETING,
+                closing="Thanks for calling, goodbye!",
+                language="en",
+                knowledge=[
+                    KnowledgeEntry(position=n, question=q, answer=a)
+                    for n, (q, a) in enumerate(KNOWLEDGE)
+                ],
+            )
+            session.add(agent)
+            session.flush()
+            session.add(PhoneNumber(organization_id=org.id, number=OFFICE, agent_id=agent.id))
+            self.organization_id, self.agent_id = org.id, agent.id
+
+    def calls(self, n: int) -> list[Ticket]:
+        """`n` answered inbound calls, in progress, each with its stream token."""
+        now = datetime.now(UTC)
+        tickets = [
+            Ticket(
+                call_id,
+                f"v3:bench-{uuid.uuid4().hex}",
+                stream_tokens.issue(
+                    self.secret, stream_tokens.StreamGrant(call_id, self.organization_id)
+                ),
+            )
+            for call_id in (uuid.uuid4() for _ in range(n))
+        ]
+        rows = [
+            {
+                "id": ticket.call_id,
+                "organization_id": self.organization_id,
+                "agent_id": self.agent_id,
+                "direction": "inbound",
+                "from_number": f"+1415666{i % 10000:04d}",
+                "to_number": OFFICE,
+                "status": "in_progress",
+                "telnyx_call_control_id": ticket.call_control_id,
+                "answered_at": now,
+            }
+            for i, ticket in enumerate(tickets)
+        ]
+        with self.engine.begin() as conn:
+            conn.execute(insert(Call), rows)
+        return tickets
+
+    def turns(self, call_ids: Iterable[uuid.UUID]) -> list[CallTurn]:
+        with self.sessions() as session:
+            return list(
+                session.scalars(
+                    select(CallTurn)
+                    .where(CallTurn.call_id.in_(list(call_ids)))
+                    .order_by(CallTurn.call_id, CallTurn.seq)
+                )
+            )
+
+    def agent_v2v(self, since: datetime, until: datetime) -> list[float]:
+        """Voice-to-voice (ms) of the agent turns that started in [since, until]."""
+        with self.sessions() as session:
+            return [
+                v
+                for v in session.scalars(
+                    select(CallTurn.voice_to_voice_ms).where(
+                        CallTurn.speaker == "agent",
+                        CallTurn.voice_to_voice_ms.is_not(None),
+                        CallTurn.started_at.between(since, until),
+                    )
+                )
+                if v is not None
+            ]
+
+
+# --- the voice process -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class VoiceServer:
+    port: int
+    pid: int  # the gunicorn master
+    worker: int  # its one gevent worker: every call runs there
+    log_path: Path
+
+    def url(self, ticket: Ticket) -> str:
+        return f"ws://127.0.0.1:{self.port}/media/telnyx?token={ticket.token}"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def http_get(port: int, path: str) -> tuple[int, bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("GET", path)
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        conn.close()
+
+
+def _procfile_command(name: str, path: str) -> list[str]:
+    argv = shlex.split(parse_procfile((ROOT / "Procfile").read_text()).processes[name])
+    executable = shutil.which(argv[0], path=path)
+    if executable is None:
+        raise RuntimeError(f"{argv[0]} is not installed in the venv")
+    return [executable, *argv[1:]]
+
+
+def _tail(path: Path, lines: int = 30) -> str:
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
+@contextlib.contextmanager
+def voice_server(
+    endpoints: Endpoints, data_dir: Path, secret: str, label: str, extra: dict[str, str]
+) -> Iterator[VoiceServer]:
+    """The Procfile's `voice` process on a free loopback port; stopped, group and all."""
+    port = _free_port()
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    voice_data = data_dir / f"voice-{label}"
+    env = {
+        **os.environ,
+        "DATABASE_URL": endpoints.database_url,
+        "REDIS_URL": endpoints.redis_url,
+        "DATA_DIR": str(voice_data),
+        # The directory gunicorn_common.configure() sets, but set before gunicorn starts:
+        # prometheus_client picks its multiprocess mode when first imported, which the
+        # config file does before configure() runs; without this /metrics stays empty.
+        "PROMETHEUS_MULTIPROC_DIR": str(voice_data / "prometheus" / "voice"),
+        "SECRET_KEY": secret,
+        "VOICE_PORT": str(port),
+        "BIND_HOST": "127.0.0.1",
+        "PYTHONPATH": str(ROOT),
+        "LOG_FORMAT": "text",
+        "PATH": path,
+        "EMBEDDINGS_PROVIDER": "local",
+        **{key: "" for key in ("DEEPGRAM_API_KEY", "CARTESIA_API_KEY", "GROQ_API_KEY")},
+        **extra,
+    }
+    log_path = data_dir / f"voice-{label}.log"
+    with log_path.open("wb") as out:
+        proc = subprocess.Popen(
+            _procfile_command("voice", path),
+            env=env,
+            cwd=ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            _wait_ready(proc, port, log_path)
+            children = psutil.Process(proc.pid).children()
+            if len(children) != 1:
+                raise RuntimeError(f"expected one voice worker, found {len(children)}")
+            yield VoiceServer(port, proc.pid, children[0].pid, log_path)
+        finally:
+            _stop(proc)
+
+
+def _wait_ready(proc: subprocess.Popen[bytes], port: int, log_path: Path) -> None:
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"voice exited with {proc.returncode}:\n{_tail(log_path)}")
+        with contextlib.suppress(OSError):
+            if http_get(port, "/readyz")[0] == 200:
+                return
+        time.sleep(0.5)
+    raise RuntimeError(f"voice not ready after {READY_TIMEOUT_S:.0f} s:\n{_tail(log_path)}")
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM (gunicorn's graceful stop), then SIGKILL whatever is left of its group."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            log("voice did not stop in time: killing it")
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+# --- measuring: Prometheus histograms, CPU --------------------------------------------
+
+
+@dataclass(frozen=True)
+class Histogram:
+    """A Prometheus histogram as scraped: cumulative (upper bound, count) pairs."""
+
+    buckets: tuple[tuple[float, float], ...] = ()
+    count: float = 0.0
+
+    def minus(self, earlier: Histogram) -> Histogram:
+        before = dict(earlier.buckets)
+        return Histogram(
+            tuple((le, n - before.get(le, 0.0)) for le, n in self.buckets),
+            self.count - earlier.count,
+        )
+
+    def above(self, bound: float) -> float:
+        """Observations above `bound` (a bucket edge)."""
+        return self.count - dict(self.buckets).get(bound, self.count)
+
+    def quantile(self, q: float) -> float:
+        """Prometheus' histogram_quantile: linear inside the bucket holding rank q*count."""
+        if not self.count:
+            return math.nan
+        rank, lower, below = q * self.count, 0.0, 0.0
+        for le, n in self.buckets:
+            if n >= rank:
+                if math.isinf(le):
+                    return lower
+                return lower + (le - lower) * (rank - below) / max(n - below, 1e-9)
+            lower, below = le, n
+        return lower
+
+    def worst_bucket(self) -> str:
+        """The highest non-empty bucket, e.g. '<=50ms' (or '>2500ms' past the last edge)."""
+        previous, worst, lower = 0.0, "-", 0.0
+        for le, n in self.buckets:
+            if n > previous:
+                worst = f">{1000 * lower:g}ms" if math.isinf(le) else f"<={1000 * le:g}ms"
+            previous, lower = n, le if not math.isinf(le) else lower
+        return worst
+
+
+def scrape(port: int) -> dict[str, Any]:
+    """Histograms by name and counters (name{labels} → value) from GET /metrics."""
+    status, body = http_get(port, "/metrics")
+    if status != 200:
+        raise RuntimeError(f"GET /metrics: HTTP {status}")
+    found: dict[str, Any] = {}
+    for family in text_string_to_metric_families(body.decode()):
+        if family.type == "histogram":
+            buckets = [
+                (float(s.labels["le"]), s.value)
+                for s in family.samples
+                if s.name.endswith("_bucket")
+            ]
+            count = next((s.value for s in family.samples if s.name.endswith("_count")), 0.0)
+            found[family.name] = Histogram(tuple(sorted(buckets)), count)
+        elif family.type == "counter":
+            for s in family.samples:
+                if s.name.endswith("_total"):
+                    labels = ",".join(f"{k}={v}" for k, v in sorted(s.labels.items()))
+                    found[f"{s.name}{{{labels}}}"] = s.value
+    return found
+
+
+def histogram_delta(before: dict[str, Any], after: dict[str, Any], name: str) -> Histogram:
+    later: Histogram = after.get(name, Histogram())
+    return later.minus(before.get(name, Histogram()))
+
+
+def counters_delta(before: dict[str, Any], after: dict[str, Any], prefix: str) -> dict[str, float]:
+    return {
+        k: v - before.get(k, 0.0)
+        for k, v in after.items()
+        if k.startswith(prefix) and not isinstance(v, Histogram) and v - before.get(k, 0.0)
+    }
+
+
+class CpuMeter:
+    """CPU seconds of named processes and of the whole machine, between two snapshots."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self.processes = {name: psutil.Process(pid) for name, pid in pids.items()}
+        self._start = self._snapshot()
+
+    def _snapshot(self) -> dict[str, float]:
+        taken = {"wall": time.monotonic()}
+        for name, proc in self.processes.items():
+            with contextlib.suppress(psutil.Error):
+                times = proc.cpu_times()
+                taken[name] = times.user + times.system
+        machine = psutil.cpu_times()
+        taken["machine"] = sum(machine) - machine.idle - getattr(machine, "iowait", 0.0)
+        return taken
+
+    def restart(self) -> None:
+        self._start = self._snapshot()
+
+    def percent(self) -> dict[str, float]:
+        """% of one core since the last (re)start, per name, plus `machine` (all cores)."""
+        now = self._snapshot()
+        wall = now["wall"] - self._start["wall"]
+        return {
+            name: 100 * (now[name] - self._start.get(name, now[name])) / wall
+            for name in now
+            if name != "wall"
+        }
+
+    def rss_mb(self, name: str) -> float:
+        with contextlib.suppress(psutil.Error):
+            return float(self.processes[name].memory_info().rss) / 2**20
+        return math.nan
+
+
+# --- the phones ------------------------------------------------------------------------
+
+
+class Windows:
+    """Measured windows of the ramp: which step is open, and each call's interruptions."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.step: int | None = None
+        self._done: set[int] = set()
+        self.clears: dict[int, list[float | None]] = {}
+        self.skipped: Counter[int] = Counter()
+
+    def open(self, step: int) -> None:
+        with self._lock:
+            self.step, self._done = step, set()
+            self.clears.setdefault(step, [])
+
+    def close(self) -> None:
+        with self._lock:
+            self.step = None
+
+    def interruption_due(self, caller: int) -> int | None:
+        """The open step, if this caller has not interrupted in it yet (it now will)."""
+        with self._lock:
+            if self.step is None or caller in self._done:
+                return None
+            self._done.add(caller)
+            return self.step
+
+    def record(self, step: int, latency: float | None) -> None:
+        with self._lock:
+            self.clears[step].append(latency)
+
+    def skip(self, step: int) -> None:
+        with self._lock:
+            self.skipped[step] += 1
+
+
+class Caller(threading.Thread):
+    """One phone: an open line, a question whenever the agent is quiet, and (during a
+    measured window) one interruption of an answer. Stops after `turns` questions, or when
+    `stop` is set; then hangs up."""
+
+    def __init__(
+        self,
+        index: int,
+        phone: FakeTelnyxCall,
+        stop: threading.Event,
+        *,
+        turns: int | None = None,
+        hold: bool = False,
+        windows: Windows | None = None,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(name=f"caller-{index}", daemon=True)
+        self.index, self.phone, self.stop = index, phone, stop
+        self.turns, self.hold, self.windows = turns, hold, windows
+        self.rng = random.Random(seed)
+        self.asked = self.unanswered = 0
+        self.error: str | None = None
+
+    def run(self) -> None:
+        try:
+            self.phone.start_line()
+            if self._until(self._audible, ANSWER_TIMEOUT_S):  # the greeting
+                self._until(self._quiet, 60)
+            while not self.stop.is_set() and (self.turns is None or self.asked < self.turns):
+                self._turn()
+            if self.hold:  # an open line, silent, until the end
+                self.stop.wait()
+        except CallClosed as exc:
+            self.error = f"call closed: {exc}"
+        except Exception as exc:
+            self.error = repr(exc)
+        finally:
+            with contextlib.suppress(Exception):
+                self.phone.stop()
+
+    def _turn(self) -> None:
+        self.phone.send_audio(QUESTION)
+        self.asked += 1
+        if not self._until(self._audible, ANSWER_TIMEOUT_S):
+            self.unanswered += 1
+            return
+        step = self.windows.interruption_due(self.index) if self.windows else None
+        if step is not None:
+            self._interrupt(step)
+        self._until(self._quiet, 60)
+        self.stop.wait(self.rng.uniform(*PAUSE_S))
+
+    def _interrupt(self, step: int) -> None:
+        assert self.windows is not None
+        self.stop.wait(BARGE_AFTER_S)
+        if not self._audible():  # the answer was over already
+            self.windows.skip(step)
+            return
+        queued = time.monotonic()
+        self.phone.send_audio(QUESTION)
+        # From the speech onset in the clip; the first frame leaves on the next 20 ms tick,
+        # so this may count up to 20 ms too much, never too little.
+        latency = self.phone.clear_latency(queued)
+        self.windows.record(step, None if latency is None else latency - ONSET_S)
+        self._until(self._audible, ANSWER_TIMEOUT_S)  # the answer to the interruption
+
+    def _audible(self) -> bool:
+        return self.phone.playout_end > time.monotonic()
+
+    def _quiet(self) -> bool:
+        return time.monotonic() - self.phone.playout_end > QUIET_S
+
+    def _until(self, predicate: Callable[[], bool], timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            if self.stop.is_set() or time.monotonic() > deadline:
+                return False
+            time.sleep(POLL_S)
+        return True
+
+
+class _Metronome:
+    """Keeps a MediaLoop's 20 ms schedule, and so its phase, while no call is on it."""
+
+    def on_tick(self, due: float, now: float) -> bool:
+        return True
+
+
+def phased_loops(k: int) -> list[MediaLoop]:
+    """`k` MediaLoops whose 20 ms ticks are spread evenly over the 20 ms. Telnyx streams
+    start whenever their calls do, so their frames do not all arrive at the same instant;
+    on one shared loop every call's frame would arrive in the same burst."""
+    loops: list[MediaLoop] = []
+    base = time.monotonic()
+    for i in range(k):
+        time.sleep(max(0.0, base + i * TICK / k - time.monotonic()))
+        loop = MediaLoop()
+        loop.want_ticks(_Metronome())
+        loops.append(loop)
+    return loops
+
+
+class Phones:
+    """Calls placed on one voice server, spread over `loops` phased MediaLoops;
+    `hang_up()` ends them all (threads joined, loops closed)."""
+
+    def __init__(self, server: VoiceServer, tenant: Tenant, loops: int) -> None:
+        self.server, self.tenant = server, tenant
+        self.stop = threading.Event()
+        self.callers: list[Caller] = []
+        self.tickets: list[Ticket] = []
+        self.loops = phased_loops(loops)
+
+    @property
+    def send_lateness(self) -> float:
+        """The phones' own worst lateness sending a frame (s), since the last reset."""
+        return max(loop.max_lateness for loop in self.loops)
+
+    def reset_lateness(self) -> None:
+        for loop in self.loops:
+            loop.max_lateness = 0.0
+
+    def dial(
+        self,
+        n: int,
+        *,
+        turns: int | None = None,
+        hold: bool = False,
+        windows: Windows | None = None,
+        rate: float = CONNECTS_PER_S,
+    ) -> None:
+        for ticket in self.tenant.calls(n):
+            index = len(self.callers)
+            phone = FakeTelnyxCall(
+                self.server.url(ticket),
+                call_control_id=ticket.call_control_id,
+                loop=self.loops[index % len(self.loops)],
+            )
+            phone.connect()
+            caller = Caller(
+                index, phone, self.stop, turns=turns, hold=hold, windows=windows, seed=index
+            )
+            caller.start()
+            self.callers.append(caller)
+            self.tickets.append(ticket)
+            time.sleep(1 / rate)
+
+    def wait_done(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        for caller in self.callers:
+            caller.join(max(0.0, deadline - time.monotonic()))
+
+    def hang_up(self) -> None:
+        self.stop.set()
+        self.wait_done(30)
+        for caller in self.callers:
+            caller.phone.close()
+        for loop in self.loops:
+            loop.close()
+
+    def errors(self) -> list[str]:
+        return [c.error for c in self.callers if c.error]
+
+
+def underruns(phone: FakeTelnyxCall, since: float, until: float) -> list[Gap]:
+    """Gaps in the agent's audio inside one of its turns (a turn's last mark, or a clear,
+    between two pieces is a turn boundary), that began in [since, until]."""
+    last: dict[str, int] = {}
+    for _, kind, name in phone.events:
+        if kind == "mark":
+            turn, _, sent = str(name).partition(":")
+            with contextlib.suppress(ValueError):
+                last[turn] = max(last.get(turn, 0), int(sent))
+
+    def turn_end(name: str) -> bool:
+        turn, _, sent = name.partition(":")
+        return not sent.isdigit() or last.get(turn) == int(sent)
+
+    gaps = phone.underruns(min_gap=UNDERRUN_GAP_S, is_turn_end=turn_end)
+    return [gap for gap in gaps if since <= gap.at <= until]
+
+
+# --- (a) loop overhead -----------------------------------------------------------------
+
+
+@dataclass
+class Context:
+    args: argparse.Namespace
+    endpoints: Endpoints
+    data_dir: Path
+    tenant: Tenant
+    secret: str
+    times: ProviderTimes
+    fakes: Fakes | None = None
+    runs: list[str] = field(default_factory=list)
+
+
+def stats_row(name: str, values: list[float], unit: str = "ms") -> str:
+    return (
+        f"  {name:34} {len(values):>4} {pct(values, 50):>8.1f} {pct(values, 95):>8.1f} "
+        f"{pct(values, 99):>8.1f} {max(values, default=math.nan):>8.1f}  {unit}"
+    )
+
+
+def stats_header() -> str:
+    return f"  {'':34} {'n':>4} {'p50':>8} {'p95':>8} {'p99':>8} {'max':>8}"
+
+
+def turn_figures(turns: list[CallTurn], sentence_ms: float = 0.0) -> dict[str, list[float]]:
+    """Per answered question: v2v and its parts (the caller turn's STT, the reply's LLM/TTS),
+    and `rest`: v2v less those parts and `sentence_ms` (first token → first sentence)."""
+    out: dict[str, list[float]] = {
+        "v2v": [],
+        "stt": [],
+        "llm_ttft": [],
+        "tts_ttfa": [],
+        "rest": [],
+    }
+    by_call: dict[uuid.UUID, list[CallTurn]] = {}
+    for turn in turns:
+        by_call.setdefault(turn.call_id, []).append(turn)
+    for seq in by_call.values():
+        for before, turn in itertools.pairwise(seq):
+            if turn.speaker != "agent" or turn.voice_to_voice_ms is None:
+                continue
+            out["v2v"].append(turn.voice_to_voice_ms)
+            if before.speaker == "caller" and before.stt_ms is not None:
+                out["stt"].append(before.stt_ms)
+            if turn.llm_ttft_ms is not None:
+                out["llm_ttft"].append(turn.llm_ttft_ms)
+            if turn.tts_ttfa_ms is not None:
+                out["tts_ttfa"].append(turn.tts_ttfa_ms)
+            stt, ttft, tts = before.stt_ms, turn.llm_ttft_ms, turn.tts_ttfa_ms
+            if (
+                before.speaker == "caller"
+                and stt is not None
+                and ttft is not None
+                and tts is not None
+            ):
+                out["rest"].append(turn.voice_to_voice_ms - stt - ttft - tts - sentence_ms)
+    return out
+
+
+def run_a(ctx: Context) -> list[str]:
+    args, times = ctx.args, ctx.times
+    assert ctx.fakes is not None
+    log(f"(a) loop overhead: {args.a_calls} calls x {args.a_turns} questions; {load_line()}")
+    with voice_server(ctx.endpoints, ctx.data_dir, ctx.secret, "a", ctx.fakes.env()) as server:
+        quiet = wait_until_quiet(args.quiet_wait)
+        log(f"  {quiet}")
+        before = scrape(server.port)
+        phones = Phones(server, ctx.tenant, ctx.args.phone_loops)
+        try:
+            phones.dial(args.a_calls, turns=args.a_turns, rate=2)
+            phones.wait_done(args.a_turns * 30 + 60)
+        finally:
+            phones.hang_up()
+        time.sleep(1)
+        after = scrape(server.port)
+    sentence_ms = times.first_sentence_ms() - times.llm_ttft_ms
+    figures = turn_figures(ctx.tenant.turns(t.call_id for t in phones.tickets), sentence_ms)
+    above = [v - times.total_ms for v in figures["v2v"]]
+    overhead = histogram_delta(before, after, "voice_loop_overhead_seconds")
+    within = 1 - overhead.above(0.02) / overhead.count if overhead.count else math.nan
+    lines = [
+        "",
+        f"(a) loop overhead per turn: {args.a_calls} calls, {sum(c.asked for c in phones.callers)} "
+        f"questions; {quiet}; after: {load_line()}",
+        f"  providers (fakes, fixed): Deepgram final {times.stt_ms:.0f} ms after end of speech; "
+        f"Groq first token {times.llm_ttft_ms:.0f} ms, then every {times.llm_token_ms:.0f} ms "
+        f"(first sentence at {times.first_sentence_ms():.0f} ms); Cartesia first audio "
+        f"{times.tts_ms:.0f} ms  =>  providers' own time {times.total_ms:.0f} ms",
+        stats_header(),
+        stats_row("voice-to-voice (call_turns)", figures["v2v"]),
+        stats_row("  caller turn stt_ms", figures["stt"]),
+        stats_row("  llm_ttft_ms", figures["llm_ttft"]),
+        stats_row("  tts_ttfa_ms", figures["tts_ttfa"]),
+        stats_row(f"v2v - providers ({times.total_ms:.0f} ms)", above),
+        stats_row(f"v2v - stored parts - {sentence_ms:.0f} ms tokens", figures["rest"]),
+        f"  voice_loop_overhead_seconds (loop's _latency, {overhead.count:.0f} turns, "
+        f"bucketed): p50 {1000 * overhead.quantile(0.5):.1f} ms, p95 "
+        f"{1000 * overhead.quantile(0.95):.1f} ms, p99 {1000 * overhead.quantile(0.99):.1f} ms; "
+        f"<= 20 ms: {100 * within:.0f}%",
+        f"  target p95 < 20 ms above the providers: "
+        f"{'met' if pct(above, 95) < 20 else 'MISSED'} (p95 {pct(above, 95):.1f} ms)",
+    ]
+    errors = phones.errors()
+    if errors or any(c.unanswered for c in phones.callers):
+        unanswered = sum(c.unanswered for c in phones.callers)
+        lines.append(f"  problems: {unanswered} unanswered, errors {errors[:3]}")
+    return lines
+
+
+# --- (b) calls per process -------------------------------------------------------------
+
+
+@dataclass
+class StepResult:
+    calls: int
+    lag: Histogram
+    late_frames: float  # call-seconds whose worst frame was > 20 ms late
+    underruns: int
+    calls_with_underruns: int
+    clears: list[float]
+    clears_missing: int
+    interrupted: int
+    cpu: dict[str, float]
+    rss_mb: float
+    phone_lag_ms: float  # the phones' own worst lateness sending a frame
+    v2v: list[float]
+    answered: float  # share of questions answered
+    questions_per_s: float
+    fallbacks: dict[str, float]
+    errors: list[str]
+
+    @property
+    def ok(self) -> bool:
+        return (
+            self.lag.count > 0
+            and self.late_frames == 0
+            and self.underruns == 0
+            and self.clears_missing == 0
+            and all(c <= CLEAR_LIMIT_S for c in self.clears)
+            and not self.fallbacks
+        )
+
+    @property
+    def cpu_per_call(self) -> float:
+        return self.cpu.get("voice", math.nan) / self.calls
+
+
+def measure_step(
+    ctx: Context,
+    server: VoiceServer,
+    phones: Phones,
+    windows: Windows,
+    step: int,
+    meter: CpuMeter,
+) -> StepResult:
+    """Settle, then one measured window over the calls now up."""
+    time.sleep(ctx.args.settle)
+    asked_before = sum(c.asked for c in phones.callers)
+    unanswered_before = sum(c.unanswered for c in phones.callers)
+    before = scrape(server.port)
+    phones.reset_lateness()
+    windows.open(step)
+    since, wall_since = time.monotonic(), datetime.now(UTC)
+    meter.restart()
+    time.sleep(ctx.args.window)
+    cpu = meter.percent()
+    until, wall_until = time.monotonic(), datetime.now(UTC)
+    phone_lag = phones.send_lateness
+    after = scrape(server.port)
+    windows.close()
+    time.sleep(GRACE_S)
+    lag = histogram_delta(before, after, "voice_inbound_frame_lag_seconds")
+    gaps = [underruns(c.phone, since, until) for c in phones.callers]
+    clears = windows.clears.get(step, [])
+    asked = sum(c.asked for c in phones.callers) - asked_before
+    unanswered = sum(c.unanswered for c in phones.callers) - unanswered_before
+    return StepResult(
+        calls=len(phones.callers),
+        lag=lag,
+        late_frames=lag.above(LAG_LIMIT_S),
+        underruns=sum(len(g) for g in gaps),
+        calls_with_underruns=sum(1 for g in gaps if g),
+        clears=[c for c in clears if c is not None],
+        clears_missing=sum(1 for c in clears if c is None),
+        interrupted=len(clears),
+        cpu=cpu,
+        rss_mb=meter.rss_mb("voice"),
+        phone_lag_ms=1000 * phone_lag,
+        v2v=ctx.tenant.agent_v2v(wall_since, wall_until),
+        answered=1 - unanswered / asked if asked else math.nan,
+        questions_per_s=asked / (until - since),
+        fallbacks=counters_delta(before, after, "voice_provider_fallbacks_total"),
+        errors=phones.errors(),
+    )
+
+
+def step_header() -> str:
+    return (
+        f"  {'calls':>5} {'lag p50':>7} {'p99':>6} {'worst':>8} {'>20ms':>5} {'under':>5} "
+        f"{'clear n':>7} {'p50':>5} {'max':>5} {'miss':>4} {'v2v p50':>7} {'p95':>5} "
+        f"{'ans%':>4} {'cpu voice':>9} {'/call':>5} {'fakes':>5} {'phones':>6} {'machine':>7} "
+        f"{'rss MB':>6} {'ph.lag':>6}  ok"
+    )
+
+
+def step_row(r: StepResult) -> str:
+    fakes = sum(v for k, v in r.cpu.items() if k.startswith("fake-"))
+    return (
+        f"  {r.calls:>5} {1000 * r.lag.quantile(0.5):>5.1f}ms {1000 * r.lag.quantile(0.99):>4.0f}ms "
+        f"{r.lag.worst_bucket():>8} {r.late_frames:>5.0f} {r.underruns:>5} "
+        f"{r.interrupted:>7} {1000 * pct(r.clears, 50):>3.0f}ms {1000 * max(r.clears, default=math.nan):>3.0f}ms "
+        f"{r.clears_missing:>4} {pct(r.v2v, 50):>5.0f}ms {pct(r.v2v, 95):>3.0f}ms "
+        f"{100 * r.answered:>4.0f} {r.cpu.get('voice', math.nan):>8.0f}% {r.cpu_per_call:>5.2f} "
+        f"{fakes:>4.0f}% {r.cpu.get('phones', math.nan):>5.0f}% {r.cpu.get('machine', math.nan):>6.0f}% "
+        f"{r.rss_mb:>6.0f} {r.phone_lag_ms:>4.0f}ms  {'yes' if r.ok else 'NO'}"
+        + (f"  fallbacks {r.fallbacks}" if r.fallbacks else "")
+        + (f"  errors {len(r.errors)}: {r.errors[0]}" if r.errors else "")
+    )
+
+
+def cpu_meter(ctx: Context, server: VoiceServer) -> CpuMeter:
+    assert ctx.fakes is not None
+    pids = {"voice": server.worker, "phones": os.getpid()}
+    pids |= {f"fake-{kind}": pid for kind, pid in ctx.fakes.pids.items()}
+    return CpuMeter(pids)
+
+
+def run_ramp(ctx: Context) -> list[str]:
+    args = ctx.args
+    assert ctx.fakes is not None
+    log(f"(b) ramp {args.steps}; {load_line()}")
+    results: list[StepResult] = []
+    profile: list[str] = []
+    extra = ctx.fakes.env() | {"VOICE_CHUNK_MS": "100", "VOICE_LEAD_MS": "200"}
+    with voice_server(ctx.endpoints, ctx.data_dir, ctx.secret, "b", extra) as server:
+        meter = cpu_meter(ctx, server)
+        quiet = wait_until_quiet(args.quiet_wait)
+        log(f"  {quiet}")
+        windows, phones = Windows(), Phones(server, ctx.tenant, args.phone_loops)
+        try:
+            for step, calls in enumerate(args.steps):
+                log(f"  {calls} calls ({load_line()})")
+                phones.dial(calls - len(phones.callers), windows=windows)
+                result = measure_step(ctx, server, phones, windows, step, meter)
+                results.append(result)
+                log(step_row(result))
+                if calls == args.profile_calls:
+                    profile = profile_worker(ctx, server, calls)
+                if result.lag.quantile(0.5) > 0.5 or result.answered < 0.5:
+                    log("  far past capacity: ramp stopped")
+                    break
+        finally:
+            phones.hang_up()
+    passing = [r.calls for r in results if r.ok]
+    best = max(passing, default=0)
+    lines = [
+        "",
+        f"(b) simultaneous calls in one voice process (VOICE_CHUNK_MS=100, VOICE_LEAD_MS=200), "
+        f"{args.window:.0f} s window per step after {args.settle:.0f} s settling; {quiet}; "
+        f"after: {load_line()}",
+        "  lag = worst inbound frame lateness per call-second (voice_inbound_frame_lag_seconds, "
+        "bucketed); >20ms = call-seconds with a frame later than 20 ms; under = agent-audio gaps "
+        f"> {1000 * UNDERRUN_GAP_S:.0f} ms inside a turn; clear = caller speech start -> clear "
+        f"at the phone (incl. Deepgram's {ctx.times.stt_ms:.0f} ms); cpu in % of one core; "
+        "ph.lag = the phones' own worst send lateness",
+        step_header(),
+        *[step_row(r) for r in results],
+        f"  capacity: {best} simultaneous calls pass (no frame > 20 ms late, no underrun, every "
+        f"clear <= {1000 * CLEAR_LIMIT_S:.0f} ms); target >= 200: {'met' if best >= 200 else 'MISSED'}",
+        "  fakes' CPU per step (% of one core): "
+        + "; ".join(f"{r.calls}: {fake_cpu(r)}" for r in results),
+        *profile,
+    ]
+    return lines
+
+
+def fake_cpu(r: StepResult) -> str:
+    return " ".join(
+        f"{k.removeprefix('fake-')} {v:.0f}" for k, v in r.cpu.items() if k.startswith("fake-")
+    )
+
+
+def run_chunks(ctx: Context) -> list[str]:
+    """The same load at each VOICE_CHUNK_MS, then at 100 ms with open lines and no
+    questions: the floor of a call's cost, and by difference what a question costs."""
+    args = ctx.args
+    rows: list[tuple[str, StepResult]] = []
+    quiets: list[str] = []
+    runs = [(f"{chunk} ms", chunk, False) for chunk in args.chunk_sizes]
+    runs.append(("100 ms, no questions", 100, True))
+    for label, chunk, idle in runs:
+        log(f"(b) VOICE_CHUNK_MS={chunk} at {args.chunk_calls} calls{', idle' * idle}")
+        result, quiet = chunk_run(ctx, chunk, idle)
+        rows.append((label, result))
+        quiets.append(quiet)
+        log(step_row(result))
+    lines = [
+        "",
+        f"(b) outbound chunk size at {args.chunk_calls} calls (VOICE_LEAD_MS=200); before each "
+        "run: " + " | ".join(quiets),
+        f"  {'VOICE_CHUNK_MS':20}" + step_header()[2:],
+        *[f"  {label:20}" + step_row(r)[2:] for label, r in rows],
+    ]
+    busy = {label: r for label, r in rows}
+    base, silent = busy.get("100 ms"), busy.get("100 ms, no questions")
+    for label, r in rows:
+        change = (
+            f" ({100 * (r.cpu_per_call / base.cpu_per_call - 1):+.0f}% vs 100 ms)" if base else ""
+        )
+        lines.append(f"  {label:20}: {r.cpu_per_call:.2f}% of a core per call{change}")
+    if base and silent and base.questions_per_s:
+        per_question = 10 * (base.cpu["voice"] - silent.cpu["voice"]) / base.questions_per_s
+        lines.append(
+            f"  an open line costs {silent.cpu_per_call:.2f}% of a core; each question and its "
+            f"answer {per_question:.0f} ms of CPU more ({base.questions_per_s:.1f} questions/s "
+            f"at {args.chunk_calls} calls)"
+        )
+    return lines
+
+
+def chunk_run(ctx: Context, chunk: int, idle: bool) -> tuple[StepResult, str]:
+    assert ctx.fakes is not None
+    args = ctx.args
+    extra = ctx.fakes.env() | {"VOICE_CHUNK_MS": str(chunk), "VOICE_LEAD_MS": "200"}
+    label = f"chunk{chunk}{'-idle' * idle}"
+    with voice_server(ctx.endpoints, ctx.data_dir, ctx.secret, label, extra) as server:
+        meter = cpu_meter(ctx, server)
+        quiet = wait_until_quiet(args.quiet_wait)
+        log(f"  {quiet}")
+        windows, phones = Windows(), Phones(server, ctx.tenant, args.phone_loops)
+        try:
+            if idle:
+                phones.dial(args.chunk_calls, turns=0, hold=True)
+            else:
+                phones.dial(args.chunk_calls, windows=windows)
+            return measure_step(ctx, server, phones, windows, 0, meter), quiet
+        finally:
+            phones.hang_up()
+
+
+# --- py-spy ----------------------------------------------------------------------------
+
+CATEGORIES = (  # (label, path fragments), first match wins, by the sampled leaf frame
+    ("websocket to Telnyx (simple_websocket, wsproto)", ("simple_websocket", "wsproto")),
+    ("flask-sock / werkzeug / gunicorn", ("flask_sock", "werkzeug", "gunicorn", "flask/")),
+    ("provider sockets (websockets, deepgram sdk)", ("websockets/", "deepgram/")),
+    ("Cartesia sdk", ("cartesia/",)),
+    ("Groq sdk / httpx", ("groq/", "httpx", "httpcore", "h11/", "anyio", "pydantic")),
+    ("gevent hub, greenlets, queues", ("gevent/", "greenlet")),
+    ("stdlib socket/ssl/selectors", ("/socket.py", "/ssl.py", "selectors.py")),
+    ("stdlib threading/queue", ("/threading.py", "/queue.py")),
+    ("json / base64 (stdlib)", ("/json/", "/base64.py")),
+    ("prometheus_client", ("prometheus_client",)),
+    ("database (sqlalchemy, psycopg)", ("sqlalchemy", "psycopg")),
+    ("logging", ("/logging/",)),
+    ("voice loop: Telnyx protocol", ("shared/voice/telnyx_media.py",)),
+    ("voice loop: playout", ("shared/voice/playout.py",)),
+    ("voice loop: call loop, responder, sentences", ("shared/voice/",)),
+    ("media stream handler", ("web/voice/",)),
+    ("providers (ours)", ("shared/providers/",)),
+)
+
+
+def _category(path: str) -> str:
+    return next((label for label, parts in CATEGORIES if any(p in path for p in parts)), "other")
+
+
+def profile_worker(ctx: Context, server: VoiceServer, calls: int) -> list[str]:
+    """py-spy the voice worker for a while; the top of its self time, by area and line."""
+    seconds, rate = ctx.args.profile_seconds, 100
+    out = ctx.data_dir / f"voice-{calls}-calls.speedscope.json"
+    py_spy = shutil.which("py-spy", path=str(Path(sys.executable).parent))
+    if py_spy is None:
+        return ["  (py-spy not installed: .venv/bin/pip install py-spy)"]
+    log(f"  py-spy: {seconds:.0f} s at {calls} calls")
+    command = [py_spy, "record", "-p", str(server.worker), "-d", str(int(seconds))]
+    command += ["-r", str(rate), "--nonblocking", "--format", "speedscope", "-o", str(out)]
+    done = subprocess.run(
+        command, capture_output=True, text=True, timeout=seconds + 60, check=False
+    )
+    if done.returncode != 0 or not out.exists():
+        return [f"  py-spy failed ({done.returncode}): {done.stderr.strip()[-300:]}"]
+    return summarise_profile(out, seconds, calls)
+
+
+def summarise_profile(path: Path, seconds: float, calls: int, top: int = 12) -> list[str]:
+    """Self time by area and by source line, and the heaviest functions, from a py-spy
+    speedscope file (each sample a root-to-leaf stack, weighed in seconds)."""
+    data = json.loads(path.read_text())
+    frames = data["shared"]["frames"]
+    by_area: Counter[str] = Counter()
+    by_line: Counter[tuple[str, int, str]] = Counter()
+    inclusive: Counter[tuple[str, str]] = Counter()
+    total = 0.0
+    for profile in data["profiles"]:
+        for stack, weight in zip(profile["samples"], profile["weights"], strict=True):
+            if not stack:
+                continue
+            total += weight
+            leaf = frames[stack[-1]]
+            by_area[_category(leaf.get("file", ""))] += weight
+            by_line[(leaf.get("file", ""), int(leaf.get("line") or 0), leaf["name"])] += weight
+            for key in {(frames[i].get("file", ""), frames[i]["name"]) for i in stack}:
+                inclusive[key] += weight
+    if not total:
+        return ["  py-spy: no samples"]
+    lines = [
+        "",
+        f"  py-spy of the voice worker at {calls} calls: {total:.1f} s of samples in {seconds:.0f} s "
+        f"({100 * total / seconds:.0f}% of one core seen busy); self time by area (leaf frame):",
+    ]
+    lines += [f"    {100 * w / total:5.1f}%  {area}" for area, w in by_area.most_common()]
+    lines.append("  top lines by self time (C calls count to the Python line that made them):")
+    for (file, line, name), w in by_line.most_common(top):
+        source = linecache.getline(file, line).strip()[:70] if line else ""
+        lines.append(f"    {100 * w / total:5.1f}%  {_short(file)}:{line} {name}  | {source}")
+    lines.append("  top functions by inclusive time (outside the hub and greenlet run loops):")
+    skip = ("run", "_run", "<module>", "run_forever", "handle", "__run_task", "worker")
+    shown = 0
+    for (file, name), w in inclusive.most_common():
+        if name in skip or "threading.py" in file or "gevent/" in file:
+            continue
+        lines.append(f"    {100 * w / total:5.1f}%  {_short(file)} {name}")
+        shown += 1
+        if shown == top:
+            break
+    lines.append(f"  (speedscope profile: {path})")
+    return lines
+
+
+def _short(path: str) -> str:
+    for marker in ("site-packages/", str(ROOT) + "/", "lib/python3.11/"):
+        if marker in path:
+            return path.split(marker, 1)[1]
+    return path
+
+
+# --- (c) local providers ---------------------------------------------------------------
+
+
+def run_c(ctx: Context) -> list[str]:
+    args = ctx.args
+    log(f"(c) local providers: {args.c_calls} calls x {args.c_turns} questions; {load_line()}")
+    extra = {"STT_PROVIDER": "local", "TTS_PROVIDER": "local", "LLM_PROVIDER": "local"}
+    extra |= {"SENTIMENT_PROVIDER": "local"}
+    tickets: list[Ticket] = []
+    errors: list[str] = []
+    with voice_server(ctx.endpoints, ctx.data_dir, ctx.secret, "c", extra) as server:
+        quiet = wait_until_quiet(args.quiet_wait)
+        log(f"  {quiet}")
+        meter = CpuMeter({"voice": server.worker})
+        for _ in range(args.c_calls):  # one call at a time: the latency of one turn alone
+            phones = Phones(server, ctx.tenant, ctx.args.phone_loops)
+            try:
+                phones.dial(1, turns=args.c_turns)
+                phones.wait_done(args.c_turns * 40 + 60)
+            finally:
+                phones.hang_up()
+            tickets += phones.tickets
+            errors += phones.errors()
+        cpu = meter.percent()["voice"]
+    turns = ctx.tenant.turns(t.call_id for t in tickets)
+    figures = turn_figures(turns)
+    heard = Counter(t.text for t in turns if t.speaker == "caller")
+    answers = Counter(t.text for t in turns if t.speaker == "agent" and t.voice_to_voice_ms)
+    lines = [
+        "",
+        f"(c) local providers (Whisper tiny.en + Silero VAD, local agent + MiniLM, Piper), "
+        f"{args.c_calls} calls one after another, {len(figures['v2v'])} answered questions; "
+        f"{quiet}; after: {load_line()}",
+        f"  voice worker CPU over the phase: {cpu:.0f}% of one core",
+        stats_header(),
+        stats_row("voice-to-voice (call_turns)", figures["v2v"]),
+        stats_row("  caller stt_ms (silence+Whisper)", figures["stt"]),
+        stats_row("  llm_ttft_ms", figures["llm_ttft"]),
+        stats_row("  tts_ttfa_ms", figures["tts_ttfa"]),
+        f"  heard: {dict(heard.most_common(2))}",
+        f"  answered: {dict(answers.most_common(2))}",
+    ]
+    if errors:
+        lines.append(f"  errors: {errors[:3]}")
+    return lines
+
+
+# --- main ------------------------------------------------------------------------------
+
+
+def machine_facts() -> list[str]:
+    model = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor() or "unknown",
+    )
+    return [
+        f"nproc    {len(os.sched_getaffinity(0))}",
+        f"cpu      {model}",
+        f"python   {platform.python_version()}",
+        f"started  {datetime.now(UTC):%Y-%m-%d %H:%M:%S} UTC, {load_line()}",
+    ]
+
+
+def _ints(value: str) -> list[int]:
+    return [int(v) for v in value.split(",") if v.strip()]
+
+
+def _parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("phase", nargs="?", choices=["a", "b", "c", "all"], default="all")
+    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
+    parser.add_argument("--stt-ms", type=float, default=100.0)
+    parser.add_argument("--llm-ttft-ms", type=float, default=150.0)
+    parser.add_argument("--llm-token-ms", type=float, default=10.0)
+    parser.add_argument("--tts-ms", type=float, default=80.0)
+    parser.add_argument("--a-calls", type=int, default=3)
+    parser.add_argument("--a-turns", type=int, default=10, help="questions per call in (a)")
+    parser.add_argument("--steps", type=_ints, default=[10, 20, 30, 40, 50, 60, 80, 100, 150, 200])
+    parser.add_argument("--window", type=float, default=20.0, help="measured seconds per step")
+    parser.add_argument("--settle", type=float, default=6.0, help="seconds before each window")
+    parser.add_argument("--profile-calls", type=int, default=50, help="py-spy at this step")
+    parser.add_argument("--profile-seconds", type=float, default=10.0)
+    parser.add_argument("--chunk-sizes", type=_ints, default=[20, 40, 100])
+    parser.add_argument("--chunk-calls", type=int, default=30)
+    parser.add_argument("--c-calls", type=int, default=3)
+    parser.add_argument("--c-turns", type=int, default=4, help="questions per call in (c)")
+    parser.add_argument(
+        "--phone-loops",
+        type=int,
+        default=4,
+        help="MediaLoop threads for the phones, their 20 ms ticks spread evenly",
+    )
+    parser.add_argument(
+        "--quiet-wait",
+        type=float,
+        default=300.0,
+        help="before each measured run, wait up to this many seconds for other load to settle",
+    )
+    return parser.parse_args()
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)  # unwinds through the context managers like Ctrl-C
+
+
+def main() -> int:
+    args = _parse_args()
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    default_runtime = Path(tempfile.gettempdir()) / f"runtime-{os.getuid()}"
+    runtime = Path(os.environ.setdefault("XDG_RUNTIME_DIR", str(default_runtime)))
+    runtime.mkdir(mode=0o700, parents=True, exist_ok=True)
+    data_dir = args.data_dir.resolve()
+    settings = load_settings(data_dir=data_dir, database_url=None, redis_url=None)
+    times = ProviderTimes(args.stt_ms, args.llm_ttft_ms, args.llm_token_ms, args.tts_ms)
+    phases = {"a", "b", "c"} if args.phase == "all" else {args.phase}
+    print("\n".join(["machine", *machine_facts()]), flush=True)
+    with services(settings, database=DATABASE, fresh=True) as endpoints:
+        upgrade(endpoints.database_url)
+        engine = make_engine(endpoints.database_url, pool_size=2)
+        try:
+            secret = secrets.token_urlsafe(32)
+            ctx = Context(args, endpoints, data_dir, Tenant(engine, secret), secret, times)
+            if phases & {"a", "b"}:
+                with fake_providers(times) as fakes:
+                    ctx.fakes = fakes
+                    if "a" in phases:
+                        print("\n".join(run_a(ctx)), flush=True)
+                    if "b" in phases:
+                        print("\n".join(run_ramp(ctx)), flush=True)
+                        print("\n".join(run_chunks(ctx)), flush=True)
+            if "c" in phases:
+                print("\n".join(run_c(ctx)), flush=True)
+        finally:
+            engine.dispose()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -27,7 +27,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -554,21 +553,10 @@ def _parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def _on_sigterm(signum: int, frame: object) -> None:
-    raise SystemExit(128 + signum)  # unwinds through the context managers like Ctrl-C
-
-
 def main() -> int:
     args = _parse_args()
-    signal.signal(signal.SIGTERM, _on_sigterm)
-    # As scripts/bootstrap.sh: the embedded PostgreSQL keeps its lock file there.
-    default_runtime = Path(tempfile.gettempdir()) / f"runtime-{os.getuid()}"
-    runtime = Path(os.environ.setdefault("XDG_RUNTIME_DIR", str(default_runtime)))
-    runtime.mkdir(mode=0o700, parents=True, exist_ok=True)
     data_dir = args.data_dir.resolve()
-    settings = load_settings(data_dir=data_dir)
-    if settings.database_url:
-        print("note: DATABASE_URL is set; the bench tenant is added to it", file=sys.stderr)
+    settings = loadgen.bench_settings(data_dir)
     with services(settings, database=DATABASE, fresh=True) as endpoints:
         upgrade(endpoints.database_url)
         facts = machine_facts(endpoints.database_url)

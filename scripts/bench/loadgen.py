@@ -21,12 +21,16 @@ import math
 import os
 import random
 import resource
+import signal
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from shared.config import Settings, load_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
@@ -389,3 +393,20 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)  # unwinds through the context managers like Ctrl-C
+
+
+def bench_settings(data_dir: Path) -> Settings:
+    """How every benchmark starts: SIGTERM unwinds like Ctrl-C (so servers stop), the
+    runtime dir the embedded PostgreSQL needs (as scripts/bootstrap.sh sets), settings."""
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    default_runtime = Path(tempfile.gettempdir()) / f"runtime-{os.getuid()}"
+    runtime = Path(os.environ.setdefault("XDG_RUNTIME_DIR", str(default_runtime)))
+    runtime.mkdir(mode=0o700, parents=True, exist_ok=True)
+    settings = load_settings(data_dir=data_dir)
+    if settings.database_url:
+        print("note: DATABASE_URL is set; the bench tenant is added to it", file=sys.stderr)
+    return settings

@@ -881,20 +881,10 @@ def _parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def _on_sigterm(signum: int, frame: object) -> None:
-    raise SystemExit(128 + signum)  # unwinds through the context managers like Ctrl-C
-
-
 def main() -> int:
     args = _parse_args()
-    signal.signal(signal.SIGTERM, _on_sigterm)
-    default_runtime = Path(tempfile.gettempdir()) / f"runtime-{os.getuid()}"
-    runtime = Path(os.environ.setdefault("XDG_RUNTIME_DIR", str(default_runtime)))
-    runtime.mkdir(mode=0o700, parents=True, exist_ok=True)
     data_dir = args.data_dir.resolve()
-    settings = load_settings(data_dir=data_dir)
-    if settings.database_url:
-        print("note: DATABASE_URL is set; the bench tenant is added to it", file=sys.stderr)
+    settings = loadgen.bench_settings(data_dir)
     for name in EXTERNAL_CREDENTIALS:  # no child may reach a real provider
         os.environ.pop(name, None)
     load_at_start = _load()

@@ -58,7 +58,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 import psutil
 from honcho.environ import parse_procfile
-from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client import multiprocess
 from sqlalchemy import Engine, insert, select
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -428,6 +428,7 @@ class VoiceServer:
     pid: int  # the gunicorn master
     worker: int  # its one gevent worker: every call runs there
     log_path: Path
+    metrics_dir: Path  # PROMETHEUS_MULTIPROC_DIR
 
     def url(self, ticket: Ticket) -> str:
         return f"ws://127.0.0.1:{self.port}/media/telnyx?token={ticket.token}"
@@ -470,6 +471,7 @@ def voice_server(
     port = _free_port()
     path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
     voice_data = data_dir / f"voice-{label}"
+    metrics_dir = voice_data / "prometheus" / "voice"
     env = {
         **os.environ,
         "DATABASE_URL": endpoints.database_url,
@@ -478,7 +480,7 @@ def voice_server(
         # The directory gunicorn_common.configure() sets, but set before gunicorn starts:
         # prometheus_client picks its multiprocess mode when first imported, which the
         # config file does before configure() runs; without this /metrics stays empty.
-        "PROMETHEUS_MULTIPROC_DIR": str(voice_data / "prometheus" / "voice"),
+        "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
         "SECRET_KEY": secret,
         "VOICE_PORT": str(port),
         "BIND_HOST": "127.0.0.1",
@@ -504,7 +506,7 @@ def voice_server(
             children = psutil.Process(proc.pid).children()
             if len(children) != 1:
                 raise RuntimeError(f"expected one voice worker, found {len(children)}")
-            yield VoiceServer(port, proc.pid, children[0].pid, log_path)
+            yield VoiceServer(port, proc.pid, children[0].pid, log_path, metrics_dir)
         finally:
             _stop(proc)
 
@@ -578,13 +580,13 @@ class Histogram:
         return worst
 
 
-def scrape(port: int) -> dict[str, Any]:
-    """Histograms by name and counters (name{labels} → value) from GET /metrics."""
-    status, body = http_get(port, "/metrics")
-    if status != 200:
-        raise RuntimeError(f"GET /metrics: HTTP {status}")
+def scrape(server: VoiceServer) -> dict[str, Any]:
+    """Histograms by name and counters (name{labels} → value), read from the worker's
+    Prometheus files rather than GET /metrics: serving a scrape stalls the hub for a few ms,
+    which would show up as late frames in the window being measured."""
+    collector: Any = multiprocess.MultiProcessCollector(None, path=str(server.metrics_dir))  # type: ignore[no-untyped-call]
     found: dict[str, Any] = {}
-    for family in text_string_to_metric_families(body.decode()):
+    for family in collector.collect():
         if family.type == "histogram":
             buckets = [
                 (float(s.labels["le"]), s.value)
@@ -939,7 +941,7 @@ def run_a(ctx: Context) -> list[str]:
     with voice_server(ctx.endpoints, ctx.data_dir, ctx.secret, "a", ctx.fakes.env()) as server:
         quiet = wait_until_quiet(args.quiet_wait)
         log(f"  {quiet}")
-        before = scrape(server.port)
+        before = scrape(server)
         phones = Phones(server, ctx.tenant, ctx.args.phone_loops)
         try:
             phones.dial(args.a_calls, turns=args.a_turns, rate=2)
@@ -947,7 +949,7 @@ def run_a(ctx: Context) -> list[str]:
         finally:
             phones.hang_up()
         time.sleep(1)
-        after = scrape(server.port)
+        after = scrape(server)
     sentence_ms = times.first_sentence_ms() - times.llm_ttft_ms
     figures = turn_figures(ctx.tenant.turns(t.call_id for t in phones.tickets), sentence_ms)
     above = [v - times.total_ms for v in figures["v2v"]]
@@ -1016,6 +1018,18 @@ class StepResult:
         )
 
     @property
+    def ok_relaxed(self) -> bool:
+        """As `ok`, but up to 1% of call-seconds may have had a frame > 20 ms late."""
+        return (
+            self.lag.count > 0
+            and self.late_frames <= 0.01 * self.lag.count
+            and self.underruns == 0
+            and self.clears_missing == 0
+            and all(c <= CLEAR_LIMIT_S for c in self.clears)
+            and not self.fallbacks
+        )
+
+    @property
     def cpu_per_call(self) -> float:
         return self.cpu.get("voice", math.nan) / self.calls
 
@@ -1032,7 +1046,7 @@ def measure_step(
     time.sleep(ctx.args.settle)
     asked_before = sum(c.asked for c in phones.callers)
     unanswered_before = sum(c.unanswered for c in phones.callers)
-    before = scrape(server.port)
+    before = scrape(server)
     phones.reset_lateness()
     windows.open(step)
     since, wall_since = time.monotonic(), datetime.now(UTC)
@@ -1041,7 +1055,7 @@ def measure_step(
     cpu = meter.percent()
     until, wall_until = time.monotonic(), datetime.now(UTC)
     phone_lag = phones.send_lateness
-    after = scrape(server.port)
+    after = scrape(server)
     windows.close()
     time.sleep(GRACE_S)
     lag = histogram_delta(before, after, "voice_inbound_frame_lag_seconds")
@@ -1121,13 +1135,17 @@ def run_ramp(ctx: Context) -> list[str]:
                 log(step_row(result))
                 if calls == args.profile_calls:
                     profile = profile_worker(ctx, server, calls)
-                if result.lag.quantile(0.5) > 0.5 or result.answered < 0.5:
+                if (
+                    result.lag.quantile(0.5) > 0.2
+                    or pct(result.v2v, 50) > 2000
+                    or result.answered < 0.5
+                ):
                     log("  far past capacity: ramp stopped")
                     break
         finally:
             phones.hang_up()
-    passing = [r.calls for r in results if r.ok]
-    best = max(passing, default=0)
+    best = max((r.calls for r in results if r.ok), default=0)
+    relaxed = max((r.calls for r in results if r.ok_relaxed), default=0)
     lines = [
         "",
         f"(b) simultaneous calls in one voice process (VOICE_CHUNK_MS=100, VOICE_LEAD_MS=200), "
@@ -1142,6 +1160,7 @@ def run_ramp(ctx: Context) -> list[str]:
         *[step_row(r) for r in results],
         f"  capacity: {best} simultaneous calls pass (no frame > 20 ms late, no underrun, every "
         f"clear <= {1000 * CLEAR_LIMIT_S:.0f} ms); target >= 200: {'met' if best >= 200 else 'MISSED'}",
+        f"  relaxed (<= 1% of call-seconds with a frame > 20 ms late, else the same): {relaxed}",
         "  fakes' CPU per step (% of one core): "
         + "; ".join(f"{r.calls}: {fake_cpu(r)}" for r in results),
         *profile,
@@ -1396,7 +1415,7 @@ def _parse_args() -> argparse.Namespace:
     parser.add_argument("--steps", type=_ints, default=[10, 20, 30, 40, 50, 60, 80, 100, 150, 200])
     parser.add_argument("--window", type=float, default=20.0, help="measured seconds per step")
     parser.add_argument("--settle", type=float, default=6.0, help="seconds before each window")
-    parser.add_argument("--profile-calls", type=int, default=50, help="py-spy at this step")
+    parser.add_argument("--profile-calls", type=int, default=30, help="py-spy at this step")
     parser.add_argument("--profile-seconds", type=float, default=10.0)
     parser.add_argument("--chunk-sizes", type=_ints, default=[20, 40, 100])
     parser.add_argument("--chunk-calls", type=int, default=30)

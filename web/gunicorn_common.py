@@ -10,8 +10,6 @@ import os
 import shutil
 from typing import Any
 
-from prometheus_client import multiprocess
-
 from shared.config import load_settings
 
 
@@ -36,4 +34,8 @@ def configure(namespace: dict[str, Any], process: str, port: int, workers: int) 
 
 
 def _child_exit(server: Any, worker: Any) -> None:
+    # Imported here, not at the top: prometheus_client chooses file-backed (multiprocess)
+    # values when first imported, so it must not load before configure() sets the dir.
+    from prometheus_client import multiprocess
+
     multiprocess.mark_process_dead(worker.pid)  # type: ignore[no-untyped-call]

@@ -1255,6 +1255,29 @@ CATEGORIES = (  # (label, path fragments), first match wins, by the sampled leaf
 )
 
 
+ACTIVITIES = (  # (label, (file fragment, function)) found anywhere in the stack, first wins
+    ("Telnyx socket reader (simple-websocket/wsproto)", ("simple_websocket/ws.py", "_thread")),
+    ("caller audio -> Deepgram (sender greenlet)", ("stt/deepgram.py", "_send_loop")),
+    ("Deepgram results (receiver)", ("stt/deepgram.py", "_receive_loop")),
+    ("frame handler: parse, reorder, hand to STT", ("web/voice/media.py", "_read")),
+    ("agent audio out: playout pacer, media+mark", ("voice/playout.py", "run")),
+    ("TTS audio in (Cartesia reader, pump)", ("tts/cartesia.py", "_read")),
+    ("TTS audio in (Cartesia reader, pump)", ("voice/responder.py", "_pump_audio")),
+    ("reply: LLM stream, sentences, TTS push", ("voice/call_loop.py", "_run_reply")),
+    ("turn records: sentiment, database", ("voice/call_loop.py", "_store_caller")),
+    ("turn records: sentiment, database", ("voice/recorder.py", "_drain")),
+    ("call start / end (context, providers, close)", ("web/voice/media.py", "media_stream")),
+)
+
+
+def _activity(names: Iterable[tuple[str, str]]) -> str:
+    found = set(names)
+    for label, (fragment, function) in ACTIVITIES:
+        if any(fragment in file and name.endswith(function) for file, name in found):
+            return label
+    return "hub loop and the rest (libev, epoll, switches)"
+
+
 def _category(path: str) -> str:
     return next((label for label, parts in CATEGORIES if any(p in path for p in parts)), "other")
 
@@ -1283,6 +1306,7 @@ def summarise_profile(path: Path, seconds: float, calls: int, top: int = 12) -> 
     data = json.loads(path.read_text())
     frames = data["shared"]["frames"]
     by_area: Counter[str] = Counter()
+    by_activity: Counter[str] = Counter()
     by_line: Counter[tuple[str, int, str]] = Counter()
     inclusive: Counter[tuple[str, str]] = Counter()
     total = 0.0
@@ -1293,6 +1317,9 @@ def summarise_profile(path: Path, seconds: float, calls: int, top: int = 12) -> 
             total += weight
             leaf = frames[stack[-1]]
             by_area[_category(leaf.get("file", ""))] += weight
+            by_activity[
+                _activity((frames[i].get("file", ""), frames[i]["name"]) for i in stack)
+            ] += weight
             by_line[(leaf.get("file", ""), int(leaf.get("line") or 0), leaf["name"])] += weight
             for key in {(frames[i].get("file", ""), frames[i]["name"]) for i in stack}:
                 inclusive[key] += weight
@@ -1304,6 +1331,8 @@ def summarise_profile(path: Path, seconds: float, calls: int, top: int = 12) -> 
         f"({100 * total / seconds:.0f}% of one core seen busy); self time by area (leaf frame):",
     ]
     lines += [f"    {100 * w / total:5.1f}%  {area}" for area, w in by_area.most_common()]
+    lines.append("  by activity (the greenlet or handler each sample ran in):")
+    lines += [f"    {100 * w / total:5.1f}%  {label}" for label, w in by_activity.most_common()]
     lines.append("  top lines by self time (C calls count to the Python line that made them):")
     for (file, line, name), w in by_line.most_common(top):
         source = linecache.getline(file, line).strip()[:70] if line else ""

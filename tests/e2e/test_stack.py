@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 import psutil
@@ -34,6 +35,11 @@ def test_the_stack_starts_embedded_servers_and_stops_cleanly_on_ctrl_c(tmp_path:
             "web /readyz",
         )
         assert http_status(f"http://127.0.0.1:{ports['VOICE_PORT']}/healthz") == 200
+        # Real gunicorn workers (multiprocess metrics), not the test client: requests show up.
+        with urllib.request.urlopen(
+            f"http://127.0.0.1:{ports['WEB_PORT']}/metrics", timeout=5
+        ) as r:
+            assert 'route="/readyz",status="200"' in r.read().decode()
         wait_for(
             lambda: http_status(f"http://127.0.0.1:{ports['WORKER_METRICS_PORT']}/healthz") == 200,
             30,

@@ -145,6 +145,16 @@ def wait_agent_quiet(phone: FakeTelnyxCall, quiet: float = 1.0, timeout: float =
     )
 
 
+def ask(phone: FakeTelnyxCall, question: bytes) -> str:
+    """Say `question` once the agent is quiet; return its reply as the caller heard it."""
+    wait_agent_quiet(phone)
+    heard_before = len(phone.heard)
+    phone.send_audio(question)
+    wait_for(lambda: len(phone.heard) > heard_before, 20, "an answer")
+    wait_agent_quiet(phone)
+    return transcribe_ulaw(phone.heard[heard_before:])
+
+
 def turns(sessions: sessionmaker[Session], call_id: uuid.UUID) -> list[CallTurn]:
     with sessions() as session:
         return list(
@@ -304,12 +314,7 @@ def test_a_failing_real_llm_falls_back_to_the_local_agent_and_the_call_goes_on(
         _, token = answered_call(web, signer, e2e_settings, e2e_sessions)
         with FakeTelnyxCall(media_url(port, token), call_control_id="v3:x") as phone:
             phone.start_line()
-            wait_agent_quiet(phone)
-            heard_before = len(phone.heard)
-            phone.send_audio(QUESTION)
-            wait_for(lambda: len(phone.heard) > heard_before, 20, "an answer")
-            wait_agent_quiet(phone)
-            answer = transcribe_ulaw(phone.heard[heard_before:])
+            answer = ask(phone, QUESTION)
             phone.stop()
     finally:
         process.terminate()
@@ -352,12 +357,7 @@ def test_garbage_frames_are_dropped_and_a_flood_closes_only_its_own_stream(
             assert flood.wait_closed(timeout=10)
         finally:
             flood.close()
-        wait_agent_quiet(phone)
-        heard_before = len(phone.heard)
-        phone.send_audio(QUESTION)
-        wait_for(lambda: len(phone.heard) > heard_before, 20, "an answer after the garbage")
-        wait_agent_quiet(phone)
-        answer = transcribe_ulaw(phone.heard[heard_before:])
+        answer = ask(phone, QUESTION)
         phone.stop()
     assert "saturday" in answer.lower()
     assert [t.speaker for t in turns(e2e_sessions, call.id)][:3] == ["agent", "caller", "agent"]

@@ -6,8 +6,12 @@ import logging
 import re
 import time
 import uuid
+from typing import Any
 
+import orjson
 from flask import Flask, Response, g, request
+from flask.json.provider import JSONProvider
+from pydantic import BaseModel
 
 from shared.observability.logging import request_id
 from shared.observability.metrics import HTTP_LATENCY, HTTP_REQUESTS, exposition
@@ -43,6 +47,30 @@ def _finish(process: str):  # type: ignore[no-untyped-def]
     return finish
 
 
+class OrjsonProvider(JSONProvider):
+    """Flask's JSON through orjson: several times faster than the standard library on
+    list responses, and it writes UUIDs and UTC datetimes ("…Z") exactly as pydantic
+    does, so rows can be returned as they come from the database."""
+
+    def dumps(self, obj: Any, **kwargs: Any) -> str:
+        return orjson.dumps(obj, default=_to_json, option=orjson.OPT_UTC_Z).decode()
+
+    def loads(self, s: str | bytes, **kwargs: Any) -> Any:
+        return orjson.loads(s)
+
+    def response(self, *args: Any, **kwargs: Any) -> Response:
+        body = orjson.dumps(
+            self._prepare_response_obj(args, kwargs), default=_to_json, option=orjson.OPT_UTC_Z
+        )
+        return Response(body, mimetype="application/json")
+
+
+def _to_json(value: Any) -> Any:
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json")
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
 def metrics() -> Response:
     body, content_type = exposition()
     return Response(body, content_type=content_type)
@@ -53,6 +81,7 @@ def healthz() -> dict[str, str]:
 
 
 def install(app: Flask, process: str) -> None:
+    app.json = OrjsonProvider(app)
     app.before_request(_start)
     app.after_request(_finish(process))
     app.add_url_rule("/healthz", "healthz", healthz)

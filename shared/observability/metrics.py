@@ -32,6 +32,12 @@ HTTP_LATENCY = Histogram(
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
 )
 
+AUTH_CACHE_LOOKUPS = Counter(
+    "auth_cache_lookups_total",
+    "Credential lookups: hit (cached), miss (read, then cached), bypass (read: not listening)",
+    ["result"],
+)
+
 # Outbound provider calls, kept by shared.resilience.
 PROVIDER_CIRCUIT_STATE = Gauge(
     "provider_circuit_state",

@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 
 from shared.db.models import ApiKey
 from shared.errors import NotFound, Unauthorized
+from shared.services import auth_cache
 from shared.services.pagination import Page, paginate
 from shared.services.principal import Principal
 from shared.services.secrets import matches, new_token, parse_token
@@ -51,32 +52,58 @@ def delete(session: Session, principal: Principal, key_id: uuid.UUID) -> None:
     if row is None or row.organization_id != principal.organization_id:
         raise NotFound("api key")
     session.delete(row)
+    auth_cache.revoked(session, "key", key_id)
 
 
 def looks_like_key(credential: str) -> bool:
     return credential.startswith(KEY_PREFIX + "_")
 
 
+@dataclass
+class _KeyFacts:
+    """What authenticating a key needs, as cached between requests (see auth_cache)."""
+
+    organization_id: uuid.UUID
+    secret_hash: bytes
+    last_used_at: datetime | None
+
+
 def authenticate(session: Session, credential: str) -> Principal:
     token = parse_token(credential, KEY_PREFIX)
-    row = session.get(ApiKey, token.id) if token else None
-    if token is None or row is None or not matches(token, row.secret_hash):
+    facts = None
+    if token is not None:
+        facts = auth_cache.for_session(session).get_or_load(
+            "key", token.id, lambda: _key_facts(session, token.id)
+        )
+    if token is None or facts is None or not matches(token, facts.secret_hash):
         raise Unauthorized("API key is not valid")
     now = datetime.now(UTC)
     # Coarse on purpose: one write a minute per key, not one per request.
-    if row.last_used_at is None or now - row.last_used_at > LAST_USED_GRANULARITY:
-        # SKIP LOCKED: of the requests racing on a stale value, one writes; the others
-        # move on instead of queueing on the row lock until that request commits.
-        stale = (
-            select(ApiKey.id)
-            .where(ApiKey.id == row.id)
-            .where(
-                or_(
-                    ApiKey.last_used_at.is_(None), ApiKey.last_used_at < now - LAST_USED_GRANULARITY
-                )
-            )
-            .with_for_update(skip_locked=True)
-            .scalar_subquery()
+    if facts.last_used_at is None or now - facts.last_used_at > LAST_USED_GRANULARITY:
+        _touch(session, token.id, now)
+        facts.last_used_at = now
+    return Principal(organization_id=facts.organization_id, api_key_id=token.id)
+
+
+def _key_facts(session: Session, key_id: uuid.UUID) -> _KeyFacts | None:
+    row = session.execute(
+        select(ApiKey.organization_id, ApiKey.secret_hash, ApiKey.last_used_at).where(
+            ApiKey.id == key_id
         )
-        session.execute(update(ApiKey).where(ApiKey.id == stale).values(last_used_at=now))
-    return Principal(organization_id=row.organization_id, api_key_id=row.id)
+    ).first()
+    return _KeyFacts(*row) if row else None
+
+
+def _touch(session: Session, key_id: uuid.UUID, now: datetime) -> None:
+    # SKIP LOCKED: of the requests racing on a stale value, one writes; the others
+    # move on instead of queueing on the row lock until that request commits.
+    stale = (
+        select(ApiKey.id)
+        .where(ApiKey.id == key_id)
+        .where(
+            or_(ApiKey.last_used_at.is_(None), ApiKey.last_used_at < now - LAST_USED_GRANULARITY)
+        )
+        .with_for_update(skip_locked=True)
+        .scalar_subquery()
+    )
+    session.execute(update(ApiKey).where(ApiKey.id == stale).values(last_used_at=now))

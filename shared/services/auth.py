@@ -17,6 +17,8 @@ from sqlalchemy.orm import Session
 
 from shared.db.models import Organization, RefreshToken, User
 from shared.errors import Conflict, Unauthorized
+from shared.services import auth_cache
+from shared.services.principal import Principal
 from shared.services.secrets import OpaqueToken, matches, new_token, parse_token
 
 REFRESH_PREFIX = "rt"
@@ -116,6 +118,22 @@ def revoke_all(session: Session, user_id: uuid.UUID) -> None:
     session.execute(
         update(User).where(User.id == user_id).values(token_version=User.token_version + 1)
     )
+    auth_cache.revoked(session, "user", user_id)
+
+
+def access_principal(session: Session, user_id: uuid.UUID, token_version: object) -> Principal:
+    """Who a verified access token acts as, unless revoke-all has moved on since it was
+    minted (its `tv` claim is older than the user's token_version)."""
+    user = auth_cache.for_session(session).get_or_load(
+        "user",
+        user_id,
+        lambda: session.execute(
+            select(User.organization_id, User.token_version).where(User.id == user_id)
+        ).first(),
+    )
+    if user is None or user.token_version != token_version:
+        raise Unauthorized("access token has been revoked")
+    return Principal(organization_id=user.organization_id, user_id=user_id)
 
 
 class TokenReuse(Unauthorized):

@@ -5,11 +5,12 @@ from __future__ import annotations
 import base64
 import json
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Generic, TypeVar
 
-from sqlalchemy import Select, tuple_
+from sqlalchemy import Integer, Select, bindparam, tuple_
 from sqlalchemy.orm import Session
 
 from shared.errors import InvalidInput
@@ -37,17 +38,35 @@ def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
         raise InvalidInput("cursor", "cursor is not one this API issued") from exc
 
 
+def keyset(stmt: Select[Any], created_at: Any, row_id: Any, *, seek: bool) -> Select[Any]:
+    """`stmt` ordered newest first, after the cursor when `seek`, cut at the limit; the
+    values are bound parameters (see `keyset_params`), so the statement can be built once."""
+    if seek:
+        stmt = stmt.where(
+            tuple_(created_at, row_id) < tuple_(bindparam("cursor_at"), bindparam("cursor_id"))
+        )
+    return stmt.order_by(created_at.desc(), row_id.desc()).limit(
+        bindparam("page_limit", type_=Integer)
+    )
+
+
+def keyset_params(limit: int, cursor: str | None) -> dict[str, Any]:
+    params: dict[str, Any] = {"page_limit": limit + 1}  # one more: is there a next page?
+    if cursor:
+        params["cursor_at"], params["cursor_id"] = decode_cursor(cursor)
+    return params
+
+
+def cut(items: list[T], limit: int, key: Callable[[T], tuple[datetime, uuid.UUID]]) -> Page[T]:
+    more = len(items) > limit
+    items = items[:limit]
+    return Page(items=items, next_cursor=encode_cursor(*key(items[-1])) if more else None)
+
+
 def paginate(
     session: Session, stmt: Select[Any], model: Any, limit: int, cursor: str | None
 ) -> Page[Any]:
     """`stmt` selects `model` rows already filtered by tenant; this orders, seeks and cuts."""
-    key = tuple_(model.created_at, model.id)
-    if cursor:
-        stmt = stmt.where(key < tuple_(*decode_cursor(cursor)))
-    rows = list(
-        session.scalars(stmt.order_by(model.created_at.desc(), model.id.desc()).limit(limit + 1))
-    )
-    more = len(rows) > limit
-    rows = rows[:limit]
-    next_cursor = encode_cursor(rows[-1].created_at, rows[-1].id) if more else None
-    return Page(items=rows, next_cursor=next_cursor)
+    stmt = keyset(stmt, model.created_at, model.id, seek=bool(cursor))
+    items = list(session.scalars(stmt, keyset_params(limit, cursor)))
+    return cut(items, limit, lambda item: (item.created_at, item.id))

@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 
 from shared.db.models import Call, CallTurn
 from tests.conftest import Tenant
+from web.api.schemas.calls import CallDetail, CallOut
 
 AGENT = {
     "name": "Front desk",
@@ -178,6 +179,59 @@ def test_call_record_has_turns_with_latency_figures(
     assert [t["speaker"] for t in body["turns"]] == ["agent", "caller"]
     assert body["turns"][1]["interrupted"] is True and body["turns"][1]["stt_ms"] == 90.5
     assert body["turns"][0]["tts_ttfa_ms"] == 120.0
+
+
+def test_call_reads_are_exactly_what_their_schemas_declare(
+    client: FlaskClient, tenant: Tenant, db: Session
+) -> None:
+    """The call reads return database rows without re-validating them: their keys, types
+    and formats (UUIDs, UTC "Z" datetimes) must still be the documented ones."""
+    call = seed_call(db, tenant)
+    call.answered_at = datetime(2026, 1, 2, 3, 4, 5, 600000, tzinfo=UTC)
+    call.duration_seconds = 61.5
+    db.add(
+        CallTurn(call_id=call.id, seq=0, speaker="agent", text="Hi", started_at=call.answered_at)
+    )
+    seed_call(db, tenant)  # no turns
+    db.flush()
+    detail = client.get(f"/api/v1/calls/{call.id}", headers=tenant.headers).get_json()
+    assert detail == CallDetail.model_validate(detail).model_dump(mode="json")
+    assert detail["answered_at"] == "2026-01-02T03:04:05.600000Z"
+    listed = client.get("/api/v1/calls", headers=tenant.headers).get_json()["data"]
+    assert len(listed) == 2
+    for item in listed:
+        assert item == CallOut.model_validate(item).model_dump(mode="json")
+        empty = client.get(f"/api/v1/calls/{item['id']}", headers=tenant.headers).get_json()
+        assert empty["turns"] == ([] if item["id"] != str(call.id) else detail["turns"])
+
+
+def test_calls_page_newest_first_through_cursors_with_filters_kept(
+    client: FlaskClient, tenant: Tenant, db: Session
+) -> None:
+    start = datetime.now(UTC) - timedelta(hours=1)
+    made = [
+        seed_call(
+            db, tenant, status="completed" if i % 3 else "failed", at=start + timedelta(minutes=i)
+        )
+        for i in range(7)
+    ]
+    completed = [str(c.id) for c in reversed(made) if c.status == "completed"]
+
+    def walk(query: str) -> list[str]:
+        seen, cursor = [], None
+        for _ in range(10):
+            url = f"/api/v1/calls?limit=2&{query}" + (f"&cursor={cursor}" if cursor else "")
+            page = client.get(url, headers=tenant.headers).get_json()
+            assert len(page["data"]) <= 2
+            seen += [c["id"] for c in page["data"]]
+            if not (cursor := page["next_cursor"]):
+                return seen
+        raise AssertionError("pagination did not end")
+
+    assert walk("status=completed") == completed
+    assert walk("") == [str(c.id) for c in reversed(made)]
+    garbage = client.get("/api/v1/calls?cursor=bm90LWEtY3Vyc29y", headers=tenant.headers)
+    assert garbage.status_code == 422
 
 
 def test_call_filters(client: FlaskClient, tenant: Tenant, db: Session) -> None:

@@ -61,6 +61,48 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def start_gunicorn(
+    process: str, env: dict[str, str], tmp: Path, *, ready_timeout: float = 60
+) -> tuple[subprocess.Popen[bytes], int, Path]:
+    """The Procfile's `web` or `voice` process (its gunicorn config) on a free port, ready."""
+    package = {"web": "api", "voice": "voice"}[process]
+    port = free_port()
+    log_path = tmp / f"{process}-{port}.log"
+    full_env = {
+        **os.environ,
+        f"{process.upper()}_PORT": str(port),
+        "DATA_DIR": str(tmp / f"{process}-{port}"),
+        "PYTHONPATH": str(ROOT),
+        "LOG_FORMAT": "text",
+        **env,
+    }
+    server = subprocess.Popen(  # noqa: S603  # our own module and config names
+        [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "--config",
+            f"python:web.{package}.gunicorn_conf",
+            f"web.{package}.wsgi:app",
+        ],
+        cwd=ROOT,
+        env=full_env,
+        stdout=log_path.open("wb"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        wait_for(
+            lambda: http_status(f"http://127.0.0.1:{port}/readyz") == 200,
+            ready_timeout,
+            f"{process} /readyz",
+        )
+    except AssertionError:
+        server.terminate()
+        raise AssertionError(log_path.read_text()[-3000:]) from None
+    return server, port, log_path
+
+
 @pytest.fixture(scope="module")
 def e2e_settings(settings: Settings) -> Iterator[Settings]:
     with scratch_database(settings, "e2e") as database_url:

@@ -5,9 +5,7 @@ dropped socket; and a failing real provider that the call survives by falling ba
 from __future__ import annotations
 
 import contextlib
-import os
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -26,7 +24,7 @@ from shared.db.models import Call, CallTurn
 from shared.services import stream_tokens
 from tests.api.test_resources import AGENT
 from tests.conftest import register_tenant
-from tests.e2e.conftest import ROOT, free_port, http_status, wait_for
+from tests.e2e.conftest import ROOT, start_gunicorn, wait_for
 
 FIXTURES = ROOT / "tests" / "providers" / "fixtures"
 QUESTION = (FIXTURES / "caller_when_open.ulaw").read_bytes()  # "When are you open on Saturday?"
@@ -45,44 +43,10 @@ KNOWLEDGE = [
 def start_voice(
     provider_env: dict[str, str], tmp: Path, **extra: str
 ) -> tuple[subprocess.Popen[bytes], int, Path]:
-    port = free_port()
-    log_path = tmp / f"voice-{port}.log"
-    env = {
-        **os.environ,
-        **provider_env,
-        "VOICE_PORT": str(port),
-        "DATA_DIR": str(tmp / f"voice-{port}"),
-        "PYTHONPATH": str(ROOT),
-        "LOG_FORMAT": "text",
-        **extra,
-    }
-    for key in ("GROQ_API_KEY", "DEEPGRAM_API_KEY", "CARTESIA_API_KEY", "GOOGLE_API_KEY"):
-        env.setdefault(key, "")
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "gunicorn",
-            "--config",
-            "python:web.voice.gunicorn_conf",
-            "web.voice.wsgi:app",
-        ],
-        cwd=ROOT,
-        env=env,
-        stdout=log_path.open("wb"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
+    offline = dict.fromkeys(
+        ("GROQ_API_KEY", "DEEPGRAM_API_KEY", "CARTESIA_API_KEY", "GOOGLE_API_KEY"), ""
     )
-    try:
-        wait_for(
-            lambda: http_status(f"http://127.0.0.1:{port}/readyz") == 200,
-            120,
-            "the voice process to load its models",
-        )
-    except AssertionError:
-        process.terminate()
-        raise AssertionError(log_path.read_text()[-3000:]) from None
-    return process, port, log_path
+    return start_gunicorn("voice", {**offline, **provider_env, **extra}, tmp, ready_timeout=120)
 
 
 @pytest.fixture(scope="module")

@@ -82,6 +82,7 @@ class Problem(BaseModel):
 
 
 def page_out(model: type[Output], page: Any) -> dict[str, Any]:
+    """A page of ORM objects, each shown as `model`."""
     return {
         "data": [model.model_validate(item).model_dump(mode="json") for item in page.items],
         "next_cursor": page.next_cursor,

@@ -40,6 +40,24 @@ KNOWLEDGE = [
 ]
 
 
+# The Saturday answer's words as Whisper tiny may write them. Piper's synthesis is
+# stochastic (VITS noise) and tiny.en sometimes mishears one word ("On Saturdays" came
+# back once as "once at our days"), so the check is most of the answer, not one word.
+SATURDAY_ANSWER = (
+    ("saturday",),
+    ("open",),
+    ("nine", "9"),
+    ("morning",),
+    ("two", "2"),
+    ("afternoon",),
+)
+
+
+def heard_saturday_answer(transcript: str) -> bool:
+    words = transcript.lower()
+    return sum(any(form in words for form in forms) for forms in SATURDAY_ANSWER) >= 4
+
+
 def start_voice(
     provider_env: dict[str, str], tmp: Path, **extra: str
 ) -> tuple[subprocess.Popen[bytes], int, Path]:
@@ -154,7 +172,7 @@ def test_an_offline_call_greets_answers_from_knowledge_and_stores_its_turns(
         first_audio = phone.first_audio_after(asked_at)
         phone.stop()
     assert "thanks for calling" in greeting.lower()
-    assert "saturday" in answer.lower() and ("nine" in answer.lower() or "9" in answer)
+    assert heard_saturday_answer(answer), answer
     assert first_audio is not None and first_audio > asked_at
     stored = wait_for(
         lambda: (t := turns(e2e_sessions, call.id)) and len(t) >= 3 and t, 10, "turns stored"
@@ -285,7 +303,7 @@ def test_a_failing_real_llm_falls_back_to_the_local_agent_and_the_call_goes_on(
         process.wait(timeout=20)
         fake.stop()
     assert fake.requests, "the real LLM was tried first"
-    assert "saturday" in answer.lower()
+    assert heard_saturday_answer(answer), answer
     assert "using the local one" in log_path.read_text()
 
 
@@ -323,5 +341,5 @@ def test_garbage_frames_are_dropped_and_a_flood_closes_only_its_own_stream(
             flood.close()
         answer = ask(phone, QUESTION)
         phone.stop()
-    assert "saturday" in answer.lower()
+    assert heard_saturday_answer(answer), answer
     assert [t.speaker for t in turns(e2e_sessions, call.id)][:3] == ["agent", "caller", "agent"]

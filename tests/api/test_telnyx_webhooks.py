@@ -148,10 +148,13 @@ def test_lifecycle_to_hangup_enqueues_post_call_work_once(
         and call.duration_seconds is not None
     )
     assert queued(broker, "post_call") == [("analyze_call", [str(call.id)])]
-    types = db.scalars(select(CallEvent.event_type).where(CallEvent.call_id == call.id)).all()
-    assert sorted(types) == sorted(
+    linked = db.execute(
+        select(CallEvent.event_type, CallEvent.organization_id).where(CallEvent.call_id == call.id)
+    ).all()
+    assert sorted(event_type for event_type, _ in linked) == sorted(
         ["call.initiated", "call.answered", "streaming.started", "call.hangup", "call.hangup"]
     )
+    assert {organization_id for _, organization_id in linked} == {call.organization_id}
 
 
 def test_unanswered_hangup_causes_map_to_final_statuses(

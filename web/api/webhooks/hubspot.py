@@ -41,7 +41,7 @@ def receive() -> Any:
     session = db()
     fresh = []
     for event in delivered:
-        row_id = events.record(
+        recorded = events.record(
             session,
             source=SOURCE,
             event_id=event.key,
@@ -49,7 +49,7 @@ def receive() -> Any:
             payload=hubspot_webhooks.storable(event.raw),
             occurred_at=event.occurred_at,
         )
-        if row_id is None:
+        if recorded is None:
             log.info("hubspot event %s already received: skipped", event.event_id)
         else:
             fresh.append(event.raw)

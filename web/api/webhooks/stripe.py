@@ -39,7 +39,7 @@ def receive() -> Any:
     if isinstance(event, Response):
         return event
     session = db()
-    row_id = events.record(
+    recorded = events.record(
         session,
         source=SOURCE,
         event_id=event.id,
@@ -47,12 +47,12 @@ def receive() -> Any:
         payload=event.raw,
         occurred_at=event.created,
     )
-    if row_id is None:
+    if recorded is None:
         log.info("stripe event %s already received: skipped", event.id)
         return acknowledged(duplicate=True)
     organization_id = billing.apply_event(session, event)
     if organization_id is not None:
-        events.link(session, row_id, organization_id, None)
+        events.link(session, recorded, organization_id, None)
     return acknowledged()
 
 

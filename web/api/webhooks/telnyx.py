@@ -35,18 +35,19 @@ def receive() -> Any:
     if isinstance(event, Response):
         return event
     session = db()
-    row_id = events.record(
+    recorded = events.record(
         session,
         source=SOURCE,
         event_id=event.id,
         event_type=event.type,
         payload=event.raw,
         occurred_at=event.occurred_at,
+        call_control_id=event.call_control_id,
     )
-    if row_id is None:
+    if recorded is None:
         return acknowledged(duplicate=True)
     effects = telephony.apply_event(session, event)
-    events.link(session, row_id, effects.organization_id, effects.call_id)
+    events.link(session, recorded, effects.organization_id, effects.call_id)
     session.commit()
     return _dispatch(event.id, effects)
 

@@ -81,6 +81,19 @@ def build_embeddings(settings: Settings) -> EmbeddingsProvider:
     return LocalEmbeddings()
 
 
+def _share_tls(settings: Settings, real_tts: bool) -> None:
+    """Build the TLS context (and Cartesia's SDK client) now, at start-up, once: each costs
+    ~45 ms of CPU that would otherwise stall the calls in progress (see tls.py)."""
+    from shared.providers.tls import client_context, share_with_websockets
+
+    share_with_websockets()
+    client_context()
+    if real_tts and settings.cartesia_api_key:
+        from shared.providers.tts.cartesia import DEFAULT_URL, sdk_client
+
+        sdk_client(settings.cartesia_api_key, settings.cartesia_url or DEFAULT_URL)
+
+
 def build_providers(settings: Settings) -> ProviderSet:
     embeddings = build_embeddings(settings)
     local_stt = LocalStt(silence_ms=settings.voice_silence_ms)
@@ -101,6 +114,9 @@ def build_providers(settings: Settings) -> ProviderSet:
         from shared.providers.sentiment.groq import GroqSentiment
 
         sentiment = GroqSentiment.from_settings(settings)
+    real_tts = uses_real(settings.tts_provider, settings.cartesia_api_key)
+    if real_tts or stt is not local_stt:
+        _share_tls(settings, real_tts)
     providers = ProviderSet(
         settings=settings,
         embeddings=embeddings,
@@ -111,7 +127,7 @@ def build_providers(settings: Settings) -> ProviderSet:
         stt=stt,
         llm=llm,
         sentiment=sentiment,
-        real_tts=uses_real(settings.tts_provider, settings.cartesia_api_key),
+        real_tts=real_tts,
     )
     log.info(
         "providers: stt=%s tts=%s llm=%s sentiment=%s embeddings=%s",

@@ -7,6 +7,7 @@ the audio before it has played, which tells us exactly what the caller heard.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import deque
 from collections.abc import Callable
@@ -15,7 +16,9 @@ from dataclasses import dataclass, field
 import gevent
 from gevent.event import Event
 
-from shared.voice.telnyx_media import CLEAR_MESSAGE, mark_message, media_message
+from shared.voice.telnyx_media import CLEAR_MESSAGE, StreamClosed, mark_message, media_message
+
+log = logging.getLogger(__name__)
 
 BYTES_PER_MS = 8  # 8 kHz μ-law
 SILENCE = b"\xff"
@@ -46,7 +49,7 @@ class Playout:
         lead_ms: int = 200,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.send = send
+        self._send = send
         self.chunk = chunk_ms * BYTES_PER_MS
         self.lead = lead_ms / 1000
         self.clock = clock
@@ -109,6 +112,17 @@ class Playout:
         self.closed = True
         self.wakeup.set()
 
+    def send(self, message: str) -> None:
+        """Send, unless the socket is gone: then stop playing out. A hang-up racing the
+        pacing loop is normal, not an error to raise into (and print from) a greenlet."""
+        if self.closed:
+            return
+        try:
+            self._send(message)
+        except StreamClosed as exc:
+            log.debug("media socket closed while sending: %s", exc)
+            self.close()
+
     # -- the pacing loop (one greenlet per call) --------------------------------------
     def run(self) -> None:
         while not self.closed:
@@ -145,6 +159,8 @@ class Playout:
             piece += SILENCE * (160 - len(piece) % 160)
         now = self.clock()
         self.send(media_message(piece))
+        if self.closed:
+            return True
         audio.sent += size
         if audio.first_sent_at is None:
             audio.first_sent_at = now

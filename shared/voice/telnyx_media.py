@@ -17,6 +17,11 @@ from typing import Any
 import orjson
 
 
+class StreamClosed(Exception):
+    """The media websocket is gone (the caller hung up, Telnyx closed it): nothing more
+    can be sent. Raised by the sender the voice process gives the loop."""
+
+
 class ProtocolError(ValueError):
     """A frame that is not valid Telnyx media-stream JSON; the reason is the message."""
 

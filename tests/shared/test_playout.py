@@ -8,6 +8,7 @@ import time
 import gevent
 
 from shared.voice.playout import Playout
+from shared.voice.telnyx_media import StreamClosed
 
 SECOND = 8000  # bytes of 8 kHz μ-law
 
@@ -57,3 +58,22 @@ def test_marks_tell_what_was_heard_and_clear_drops_the_rest() -> None:
     assert not playout.speaking
     playout.close()
     pacer.join(timeout=1)
+
+
+def test_a_socket_closed_mid_turn_stops_the_pacer_quietly() -> None:
+    sent: list[str] = []
+
+    def send(text: str) -> None:
+        if len(sent) >= 4:
+            raise StreamClosed("BrokenPipeError")
+        sent.append(text)
+
+    playout = Playout(send, chunk_ms=20, lead_ms=40)
+    pacer = run(playout)
+    audio = playout.begin_turn(1)
+    playout.add(audio, b"\x7f" * SECOND)
+    pacer.join(timeout=2)
+    assert pacer.successful() and pacer.dead, "the pacer ends without an exception"
+    assert playout.closed and len(sent) == 4
+    playout.clear()  # a barge-in after the hang-up sends nothing
+    assert len(sent) == 4

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from flask import current_app, request
@@ -51,7 +52,7 @@ def media_stream(ws: Any) -> None:
         extra={"call_id": str(start.call_id), "stream_id": stream_start.stream_id},
     )
     loop = CallLoop(
-        send=ws.send,
+        send=_sender(ws),
         providers=runtime.call_providers(),
         setup=CallSetup(start.context, start.voice, start.language),
         sink=DbTurnWriter(runtime.sessions, start.call_id),
@@ -149,6 +150,18 @@ def _read(ws: Any, loop: CallLoop, call_id: str) -> None:
             lag.frame(frame.timestamp, arrived)
         if frame is not None:
             loop.feed(frame)
+
+
+def _sender(ws: Any) -> Callable[[str], None]:
+    """`ws.send`, with a closed socket reported as the loop's own StreamClosed."""
+
+    def send(message: str) -> None:
+        try:
+            ws.send(message)
+        except (ConnectionClosed, OSError) as exc:  # OSError: BrokenPipe, reset
+            raise tm.StreamClosed(type(exc).__name__) from exc
+
+    return send
 
 
 def _reject(ws: Any, reason: str) -> None:

@@ -14,6 +14,7 @@ event by `context_id` to its turn's queue.
 
 from __future__ import annotations
 
+import functools
 import logging
 import queue
 import threading
@@ -26,6 +27,7 @@ from cartesia import Cartesia
 from cartesia.resources.tts import WebSocketContext
 from websockets.exceptions import ConnectionClosed
 
+from shared.providers.tls import client_context
 from shared.resilience import ProviderUnavailable, guard
 
 if TYPE_CHECKING:
@@ -214,6 +216,13 @@ def _error(event: Any) -> CartesiaTtsError:
     return CartesiaTtsError(text, status)
 
 
+@functools.lru_cache(maxsize=4)
+def sdk_client(api_key: str, base_url: str) -> Cartesia:
+    """One SDK client per process, shared by the calls: building one costs ~45 ms of CPU
+    (its HTTP side's TLS context), which under gevent stalled every call in the process."""
+    return Cartesia(api_key=api_key, base_url=base_url, websocket_base_url=websocket_url(base_url))
+
+
 class CartesiaTts:
     """The Cartesia provider for one call: one websocket, opened by `warm_up()` or the
     first turn (through `guard("cartesia")`) and reopened if it drops between turns."""
@@ -230,12 +239,8 @@ class CartesiaTts:
     ) -> None:
         if not settings.cartesia_api_key:
             raise ValueError("CARTESIA_API_KEY is not set")
-        base_url = settings.cartesia_url or DEFAULT_URL
-        self._client = Cartesia(
-            api_key=settings.cartesia_api_key,
-            base_url=base_url,
-            websocket_base_url=websocket_url(base_url),
-        )
+        self._client = sdk_client(settings.cartesia_api_key, settings.cartesia_url or DEFAULT_URL)
+        self._secure = websocket_url(settings.cartesia_url or DEFAULT_URL).startswith("wss:")
         self._model_id = model_id
         self._default_voice = default_voice
         self._reply_timeout = reply_timeout
@@ -287,5 +292,9 @@ class CartesiaTts:
     def _open_once(self, timeout: float) -> TTSResourceConnection:
         # legacy=True: the SDK calls websockets' connect() outside a `with`, which websockets
         # 17 still supports but warns about unless this (its documented opt-in) is passed.
-        options = cast("WebsocketConnectionOptions", {"open_timeout": timeout, "legacy": True})
-        return self._client.tts.websocket_connect(websocket_connection_options=options).enter()
+        options: dict[str, Any] = {"open_timeout": timeout, "legacy": True}
+        if self._secure:
+            options["ssl"] = client_context()  # not a new TLS context per call
+        return self._client.tts.websocket_connect(
+            websocket_connection_options=cast("WebsocketConnectionOptions", options)
+        ).enter()

@@ -57,11 +57,15 @@ UNANSWERED_END = {
 }
 
 
-def apply_event(session: Session, event: TelnyxEvent) -> Effects:
+def apply_event(
+    session: Session, event: TelnyxEvent, linked: tuple[uuid.UUID, uuid.UUID] | None = None
+) -> Effects:
+    """`linked`: the (organization, call) the stored event was already matched to by its
+    call_control_id. Events that change nothing (streaming.started, call.cost, …) need no
+    more than that: no second lookup, no row lock."""
     handler = _HANDLERS.get(event.type)
     if handler is None:
-        call = _find_call(session, event)
-        return _effects(call)
+        return Effects(*linked) if linked else _effects(_find_call(session, event))
     return handler(session, event)
 
 

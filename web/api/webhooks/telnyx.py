@@ -46,7 +46,8 @@ def receive() -> Any:
     )
     if recorded is None:
         return acknowledged(duplicate=True)
-    effects = telephony.apply_event(session, event)
+    org, call = recorded.organization_id, recorded.call_id
+    effects = telephony.apply_event(session, event, (org, call) if org and call else None)
     events.link(session, recorded, effects.organization_id, effects.call_id)
     session.commit()
     return _dispatch(event.id, effects)

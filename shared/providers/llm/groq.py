@@ -146,6 +146,8 @@ class GroqLlm:
         self.max_completion_tokens = max_completion_tokens
         # The guard passes each attempt its timeout; the SDK must not retry on its own.
         self._client = Groq(api_key=api_key, base_url=base_url, max_retries=0, timeout=10.0)
+        # The SDK imports its chat modules on first use (~12 ms): at start-up, not in a call.
+        _ = self._client.chat.completions
 
     @classmethod
     def from_settings(cls, settings: Settings, model: str = DEFAULT_MODEL) -> GroqLlm:

@@ -72,6 +72,8 @@ class GroqSentiment:
         self.model = model
         # The guard passes each attempt its timeout; the SDK must not retry on its own.
         self._client = Groq(api_key=api_key, base_url=base_url, max_retries=0)
+        # The SDK imports its chat modules on first use (~12 ms): at start-up, not in a call.
+        _ = self._client.chat.completions
 
     @classmethod
     def from_settings(cls, settings: Settings) -> GroqSentiment:

@@ -248,6 +248,9 @@ class DeepgramStt:
         if settings.deepgram_url:
             options["environment"] = environment(settings.deepgram_url)
         self._client = DeepgramClient(**options)
+        # The SDK imports its live-listen modules on first use (~24 ms, every call in the
+        # process stalled): at start-up instead.
+        _ = self._client.listen.v1
         self.model = model
         self.endpointing_ms = endpointing_ms
         self.utterance_end_ms = utterance_end_ms

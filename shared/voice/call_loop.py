@@ -98,6 +98,11 @@ class CallLoop:
     def start(self) -> None:
         self.stt = self._open_stt(self.setup.language)
         self.greenlets = [gevent.spawn(self.playout.run), gevent.spawn(self._brain)]
+        # The local agent embeds the agent's knowledge while the greeting plays, not when
+        # the first question is waiting for its answer (~200 ms on this CPU).
+        prepare = getattr(self.providers.llm.current, "prepare", None)
+        if prepare is not None:
+            self.greenlets.append(gevent.spawn(prepare, self.setup.context))
 
     def close(self) -> None:
         """End of call (stop, socket closed, or hang-up): store what is pending."""

@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 CHANNEL = "switchboard_auth"
 APPLICATION_NAME = "switchboard-auth-cache"  # how ops spot the listeners in pg_stat_activity
 KEEPALIVE_S = 10.0
+MIN_BACKOFF_S = 0.5
 MAX_BACKOFF_S = 30.0
 MAX_ENTRIES = 50_000
 DEFAULT_TTL_S = 60.0
@@ -103,13 +104,17 @@ class AuthCache:
         threading.Thread(target=self._listen_forever, name="auth-cache", daemon=True).start()
 
     def _listen_forever(self) -> None:
-        backoff = 0.5
+        backoff = MIN_BACKOFF_S
         while True:
             try:
                 self._listen()
             except psycopg.Error as exc:
                 log.warning("auth cache listener lost (%s); reading credentials uncached", exc)
+            except Exception:  # never let the thread die: the cache would stay bypassed
+                log.exception("auth cache listener failed; reading credentials uncached")
             finally:
+                if self._listening:  # it had worked: retry soon
+                    backoff = MIN_BACKOFF_S
                 self._listening = False
                 self.clear()
             time.sleep(backoff)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 
-from sqlalchemy import select
+from sqlalchemy import Row, bindparam, select
 from sqlalchemy.orm import Session
 
 from shared.db.models import Agent, PhoneNumber
@@ -37,6 +37,12 @@ def delete(session: Session, principal: Principal, number_id: uuid.UUID) -> None
     session.delete(get_owned(session, PhoneNumber, number_id, principal, "phone number"))
 
 
-def route(session: Session, number: str) -> PhoneNumber | None:
-    """Which tenant and agent an inbound call to `number` reaches (webhooks; no principal)."""
-    return session.scalar(select(PhoneNumber).where(PhoneNumber.number == number))
+def route(session: Session, number: str) -> Row[uuid.UUID, uuid.UUID, str] | None:
+    """Which tenant and agent an inbound call to `number` reaches (webhooks; no principal):
+    (organization_id, agent_id, number), read as a row, not an ORM object."""
+    return session.execute(_ROUTE, {"number": number}).first()
+
+
+_ROUTE = select(PhoneNumber.organization_id, PhoneNumber.agent_id, PhoneNumber.number).where(
+    PhoneNumber.number == bindparam("number")
+)

@@ -57,24 +57,30 @@ UNANSWERED_END = {
 }
 
 
-def apply_event(
-    session: Session, event: TelnyxEvent, linked: tuple[uuid.UUID, uuid.UUID] | None = None
-) -> Effects:
-    """`linked`: the (organization, call) the stored event was already matched to by its
-    call_control_id. Events that change nothing (streaming.started, call.cost, …) need no
-    more than that: no second lookup, no row lock."""
+Linked = tuple[uuid.UUID, uuid.UUID]
+
+
+def apply_event(session: Session, event: TelnyxEvent, linked: Linked | None) -> Effects:
+    """`linked`: the (organization, call) the stored event was matched to by its
+    call_control_id when it was recorded, None if no call has that id (yet). Events that
+    change nothing (streaming.started, call.cost, …) need no more than that: no second
+    lookup, no row lock; nor does a new inbound call need a lookup to know it is new."""
+    if event.type == "call.initiated":
+        return _initiated(session, event, linked)
     handler = _HANDLERS.get(event.type)
     if handler is None:
         return Effects(*linked) if linked else _effects(_find_call(session, event))
     return handler(session, event)
 
 
-def _initiated(session: Session, event: TelnyxEvent) -> Effects:
+def _initiated(session: Session, event: TelnyxEvent, linked: Linked | None) -> Effects:
     if event.payload.get("direction") == "outgoing":
         call = _find_call(session, event)
         if call is not None:
             _move(call, S.RINGING, event)
         return _effects(call)
+    if linked is not None:  # the same call announced again (a redelivery with a new id)
+        return Effects(*linked)
     return _inbound(session, event)
 
 
@@ -83,9 +89,6 @@ def _inbound(session: Session, event: TelnyxEvent) -> Effects:
     if not ccid:
         log.warning("call.initiated without call_control_id", extra={"event_id": event.id})
         return Effects()
-    existing = _find_call(session, event)
-    if existing is not None:  # the same call announced again (a redelivery with a new id)
-        return _effects(existing)
     route = phone_numbers.route(session, str(event.payload.get("to", "")))
     if route is None:
         log.info(
@@ -165,7 +168,6 @@ def _streaming_failed(session: Session, event: TelnyxEvent) -> Effects:
 
 
 _HANDLERS = {
-    "call.initiated": _initiated,
     "call.answered": _answered,
     "call.hangup": _hangup,
     "call.machine.detection.ended": _machine_detected,
@@ -183,7 +185,7 @@ _CALL_BY_CCID = (
 _CALL_BY_SESSION = (
     select(Call).where(Call.telnyx_call_session_id == bindparam("session_id")).with_for_update()
 )
-_CUSTOMER_BY_PHONE = select(Customer).where(
+_CUSTOMER_BY_PHONE = select(Customer.id).where(
     Customer.organization_id == bindparam("organization_id"), Customer.phone == bindparam("phone")
 )
 
@@ -246,13 +248,14 @@ def _customer_for(session: Session, organization_id: uuid.UUID, phone: str) -> u
     """The tenant's customer with this phone, created on first call so memory can build up."""
     if not phone.startswith("+"):
         return None
-    customer = session.scalar(
+    found: uuid.UUID | None = session.scalar(
         _CUSTOMER_BY_PHONE, {"organization_id": organization_id, "phone": phone}
     )
-    if customer is None:
-        customer = Customer(organization_id=organization_id, phone=phone)
-        session.add(customer)
-        session.flush()
+    if found is not None:
+        return found
+    customer = Customer(organization_id=organization_id, phone=phone)
+    session.add(customer)
+    session.flush()
     return customer.id
 
 

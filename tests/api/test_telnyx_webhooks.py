@@ -106,6 +106,20 @@ def test_inbound_call_is_stored_and_answered_through_the_queue(
     assert db.get(Customer, call.customer_id).phone == CALLER  # type: ignore[union-attr]
     assert queued(broker, "telephony") == [("call_control", ["answer", "v3:abc", str(call.id)])]
 
+    # The same call announced again under a new event id: no second call, no second answer,
+    # the event linked to the call; and the same caller's next call finds their customer.
+    payload = call_payload("v3:abc", from_=CALLER, to=NUMBER)
+    assert deliver(telnyx_client, signer, "call.initiated", payload).status_code == 200
+    assert db.scalars(select(Call)).one().id == call.id
+    assert len(queued(broker, "telephony")) == 1
+    linked = db.scalars(select(CallEvent.call_id).where(CallEvent.event_type == "call.initiated"))
+    assert set(linked) == {call.id}
+    deliver(
+        telnyx_client, signer, "call.initiated", call_payload("v3:def", from_=CALLER, to=NUMBER)
+    )
+    second = db.scalars(select(Call).where(Call.telnyx_call_control_id == "v3:def")).one()
+    assert second.customer_id == call.customer_id
+
 
 def test_unknown_number_is_hung_up_without_a_call_row(
     telnyx_client: FlaskClient,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Iterator
 
 import pytest
@@ -288,6 +289,44 @@ def test_event_for_another_tenants_call_cannot_hijack_it(
     deliver(telnyx_client, signer, "call.hangup", {**forged, "hangup_cause": "normal_clearing"})
     db.refresh(call)
     assert call.status == "ringing" and call.telnyx_call_control_id == "v3:mine"
+
+
+def test_an_outbound_call_is_matched_by_client_state_before_its_id_is_stored(
+    telnyx_client: FlaskClient,
+    signer: TelnyxSigner,
+    routed: Tenant,
+    broker: RedisBroker,
+    db: Session,
+) -> None:
+    """The dial response (with the call_control_id) may be stored after Telnyx's first
+    events: those find the call by our id in client_state and record its call_control_id."""
+    from shared.providers.telephony.telnyx_call_control import encode_client_state
+
+    call = Call(
+        organization_id=uuid.UUID(routed.organization_id),
+        direction="outbound",
+        from_number=NUMBER,
+        to_number=CALLER,
+        status="dialing",
+    )
+    db.add(call)
+    db.flush()
+    leg = call_payload(
+        "v3:out",
+        from_=NUMBER,
+        to=CALLER,
+        direction="outgoing",
+        client_state=encode_client_state(str(call.id)),
+    )
+    deliver(telnyx_client, signer, "call.answered", leg)
+    db.refresh(call)
+    assert (call.status, call.telnyx_call_control_id) == ("in_progress", "v3:out")
+    assert call.answered_at is not None
+    deliver(telnyx_client, signer, "call.hangup", {**leg, "hangup_cause": "normal_clearing"})
+    db.refresh(call)
+    assert (call.status, call.hangup_cause) == ("completed", "normal_clearing")
+    assert call.duration_seconds is not None and call.duration_seconds >= 0
+    assert queued(broker, "post_call") == [("analyze_call", [str(call.id)])]
 
 
 def test_webhook_is_also_served_under_the_api_prefix(

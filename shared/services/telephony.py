@@ -14,7 +14,8 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import cast
 
-from sqlalchemy import Table, bindparam, select, update
+from sqlalchemy import Table, bindparam, insert, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
 from shared.db.models import Call, Customer
@@ -97,20 +98,21 @@ def _inbound(session: Session, event: TelnyxEvent) -> Effects:
         )
         return Effects(orders=[Order(Command.HANGUP, ccid)])
     caller = str(event.payload.get("from", ""))
-    call = Call(
-        organization_id=route.organization_id,
-        agent_id=route.agent_id,
-        customer_id=_customer_for(session, route.organization_id, caller),
-        direction="inbound",
-        from_number=caller,
-        to_number=route.number,
-        status=S.RINGING,
-        telnyx_call_control_id=ccid,
-        telnyx_call_session_id=event.payload.get("call_session_id"),
+    call_id = uuid.uuid4()
+    session.execute(
+        _NEW_INBOUND_CALL,
+        {
+            "id": call_id,
+            "organization_id": route.organization_id,
+            "agent_id": route.agent_id,
+            "customer_id": _customer_for(session, route.organization_id, caller),
+            "from_number": caller,
+            "to_number": route.number,
+            "ccid": ccid,
+            "session_id": event.payload.get("call_session_id"),
+        },
     )
-    session.add(call)
-    session.flush()
-    return Effects(route.organization_id, call.id, [Order(Command.ANSWER, ccid, call.id)])
+    return Effects(route.organization_id, call_id, [Order(Command.ANSWER, ccid, call_id)])
 
 
 def _answered(session: Session, event: TelnyxEvent) -> Effects:
@@ -197,8 +199,20 @@ _CALL_BY_CCID = (
 _CALL_BY_SESSION = (
     select(Call).where(Call.telnyx_call_session_id == bindparam("session_id")).with_for_update()
 )
-_CUSTOMER_BY_PHONE = select(Customer.id).where(
-    Customer.organization_id == bindparam("organization_id"), Customer.phone == bindparam("phone")
+_CUSTOMERS = cast(Table, Customer.__table__)
+_CUSTOMER_BY_PHONE = select(_CUSTOMERS.c.id).where(
+    _CUSTOMERS.c.organization_id == bindparam("organization_id"),
+    _CUSTOMERS.c.phone == bindparam("phone"),
+)
+_NEW_CUSTOMER = (
+    pg_insert(_CUSTOMERS)
+    .values(
+        id=bindparam("id"),
+        organization_id=bindparam("organization_id"),
+        phone=bindparam("phone"),
+    )
+    .on_conflict_do_nothing(constraint="uq_customers_org_phone")
+    .returning(_CUSTOMERS.c.id)
 )
 
 
@@ -240,6 +254,20 @@ _ENDED = (
         duration_seconds=bindparam("duration"),
         updated_at=bindparam("now"),
     )
+)
+
+
+_NEW_INBOUND_CALL = insert(_CALLS).values(
+    id=bindparam("id"),
+    organization_id=bindparam("organization_id"),
+    agent_id=bindparam("agent_id"),
+    customer_id=bindparam("customer_id"),
+    direction="inbound",
+    from_number=bindparam("from_number"),
+    to_number=bindparam("to_number"),
+    status=S.RINGING.value,
+    telnyx_call_control_id=bindparam("ccid"),
+    telnyx_call_session_id=bindparam("session_id"),
 )
 
 
@@ -324,15 +352,13 @@ def _customer_for(session: Session, organization_id: uuid.UUID, phone: str) -> u
     """The tenant's customer with this phone, created on first call so memory can build up."""
     if not phone.startswith("+"):
         return None
-    found: uuid.UUID | None = session.scalar(
-        _CUSTOMER_BY_PHONE, {"organization_id": organization_id, "phone": phone}
-    )
-    if found is not None:
-        return found
-    customer = Customer(organization_id=organization_id, phone=phone)
-    session.add(customer)
-    session.flush()
-    return customer.id
+    key = {"organization_id": organization_id, "phone": phone}
+    found: uuid.UUID | None = session.scalar(_CUSTOMER_BY_PHONE, key)
+    if found is None:  # a new caller; a concurrent first call may create them meanwhile
+        found = session.scalar(_NEW_CUSTOMER, {**key, "id": uuid.uuid4()})
+    if found is None:
+        found = session.scalar(_CUSTOMER_BY_PHONE, key)
+    return found
 
 
 def _effects(call: Call | None) -> Effects:

@@ -6,6 +6,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import orjson
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.exc import DisconnectionError
@@ -26,9 +27,16 @@ def make_engine(database_url: str, *, pool_size: int = 10) -> Engine:
         pool_size=pool_size,
         max_overflow=pool_size,
         pool_recycle=1800,
+        # JSONB columns (every webhook's payload, agents' knowledge) through orjson.
+        json_serializer=_json_dumps,
+        json_deserializer=orjson.loads,
     )
     _ping_idle_connections(engine)
     return engine
+
+
+def _json_dumps(value: object) -> str:
+    return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
 
 
 def _ping_idle_connections(engine: Engine) -> None:

@@ -21,11 +21,6 @@ import os
 import platform
 import random
 import secrets
-import shlex
-import shutil
-import signal
-import socket
-import subprocess
 import sys
 import time
 import uuid
@@ -35,10 +30,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from honcho.environ import parse_procfile
 from psycopg.types.json import Jsonb
 from sqlalchemy import Engine, insert, text
 
+from scripts import processes
 from scripts.bench import loadgen
 from scripts.devstack import ROOT, Endpoints, services
 from shared.config import load_settings
@@ -54,7 +49,6 @@ DETAIL, LISTING, HEALTHZ = "GET /api/v1/calls/{id}", "GET /api/v1/calls?limit=50
 TARGET_P95_MS_AT_1 = 10.0
 TARGET_RPS_AT_32 = 1000.0
 READY_TIMEOUT_S = 60.0
-STOP_TIMEOUT_S = 15.0
 QUIET_PERCENT = 25.0
 
 
@@ -274,25 +268,10 @@ class WebServer:
     log_path: Path
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def _procfile_command(name: str, path: str) -> list[str]:
-    argv = shlex.split(parse_procfile((ROOT / "Procfile").read_text()).processes[name])
-    executable = shutil.which(argv[0], path=path)
-    if executable is None:
-        raise RuntimeError(f"{argv[0]} is not installed in the venv")
-    return [executable, *argv[1:]]
-
-
 @contextlib.contextmanager
 def web_server(endpoints: Endpoints, data_dir: Path, log_level: str) -> Iterator[WebServer]:
     """The Procfile's `web` process on a free loopback port, stopped (group and all) on exit."""
-    port = _free_port()
+    port = processes.free_port()
     env = dict(os.environ)
     env.update(
         DATABASE_URL=endpoints.database_url,
@@ -302,52 +281,13 @@ def web_server(endpoints: Endpoints, data_dir: Path, log_level: str) -> Iterator
         BIND_HOST="127.0.0.1",
         PYTHONPATH=str(ROOT),
         LOG_LEVEL=log_level,
-        PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        PATH=processes.venv_path(),
     )
     log_path = data_dir / f"web-{log_level.lower()}.log"
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            _procfile_command("web", env["PATH"]),
-            env=env,
-            cwd=ROOT,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # its own group: Ctrl-C reaches us, we stop it in order
-        )
-        try:
-            _wait_ready(proc, port, log_path)
-            yield WebServer(port=port, pid=proc.pid, log_path=log_path)
-        finally:
-            _stop(proc)
-
-
-def _wait_ready(proc: subprocess.Popen[bytes], port: int, log_path: Path) -> None:
-    deadline = time.monotonic() + READY_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"web exited with {proc.returncode}:\n{_tail(log_path)}")
-        with contextlib.suppress(OSError):
-            if _get(port, "/readyz", {})[0] == 200:
-                return
-        time.sleep(0.2)
-    raise RuntimeError(f"web not ready after {READY_TIMEOUT_S:.0f} s:\n{_tail(log_path)}")
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    """SIGTERM (gunicorn's graceful stop), then SIGKILL whatever is left of its group."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            print("web did not stop in time: killing it", file=sys.stderr)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-
-
-def _tail(path: Path, lines: int = 30) -> str:
-    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    argv = processes.procfile_argv("web", env["PATH"])
+    ready = processes.answers(port)
+    with processes.running("web", argv, env, log_path, ready, timeout=READY_TIMEOUT_S) as proc:
+        yield WebServer(port=port, pid=proc.pid, log_path=log_path)
 
 
 # --- measuring -------------------------------------------------------------------------
@@ -519,13 +459,6 @@ def print_log_cost(results: dict[str, list[Row]]) -> None:
 # --- main ------------------------------------------------------------------------------
 
 
-def _postmaster_pid(data_dir: Path) -> int | None:
-    pid_file = data_dir / "postgres" / "postmaster.pid"
-    with contextlib.suppress(OSError, ValueError, IndexError):
-        return int(pid_file.read_text().splitlines()[0])
-    return None
-
-
 def _parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
@@ -566,7 +499,7 @@ def main() -> int:
             f"seeded          {args.calls} calls x {args.turns} turns, one tenant, "
             f"in {time.monotonic() - started:.1f} s (then ANALYZE)"
         )
-        postmaster = None if settings.database_url else _postmaster_pid(data_dir)
+        postmaster = None if settings.database_url else processes.postmaster_pid(data_dir)
         results = {}
         for level in args.log_levels:
             print(f"web with LOG_LEVEL={level}", file=sys.stderr, flush=True)

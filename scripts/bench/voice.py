@@ -37,10 +37,8 @@ import os
 import platform
 import random
 import secrets
-import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -57,11 +55,11 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 import psutil
-from honcho.environ import parse_procfile
 from prometheus_client import multiprocess
 from sqlalchemy import Engine, insert, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from scripts import processes
 from scripts.devstack import ROOT, Endpoints, services
 from scripts.fakes import deepgram_live
 from scripts.fakes.telnyx_media import CallClosed, FakeTelnyxCall, Gap, MediaLoop
@@ -434,13 +432,6 @@ class VoiceServer:
         return f"ws://127.0.0.1:{self.port}/media/telnyx?token={ticket.token}"
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def http_get(port: int, path: str) -> tuple[int, bytes]:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     try:
@@ -451,25 +442,13 @@ def http_get(port: int, path: str) -> tuple[int, bytes]:
         conn.close()
 
 
-def _procfile_command(name: str, path: str) -> list[str]:
-    argv = shlex.split(parse_procfile((ROOT / "Procfile").read_text()).processes[name])
-    executable = shutil.which(argv[0], path=path)
-    if executable is None:
-        raise RuntimeError(f"{argv[0]} is not installed in the venv")
-    return [executable, *argv[1:]]
-
-
-def _tail(path: Path, lines: int = 30) -> str:
-    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-
-
 @contextlib.contextmanager
 def voice_server(
     endpoints: Endpoints, data_dir: Path, secret: str, label: str, extra: dict[str, str]
 ) -> Iterator[VoiceServer]:
     """The Procfile's `voice` process on a free loopback port; stopped, group and all."""
-    port = _free_port()
-    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    port = processes.free_port()
+    path = processes.venv_path()
     voice_data = data_dir / f"voice-{label}"
     metrics_dir = voice_data / "prometheus" / "voice"
     env = {
@@ -492,48 +471,22 @@ def voice_server(
         **extra,
     }
     log_path = data_dir / f"voice-{label}.log"
-    with log_path.open("wb") as out:
-        proc = subprocess.Popen(
-            _procfile_command("voice", path),
-            env=env,
-            cwd=ROOT,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        try:
-            _wait_ready(proc, port, log_path)
-            children = psutil.Process(proc.pid).children()
-            if len(children) != 1:
-                raise RuntimeError(f"expected one voice worker, found {len(children)}")
-            yield VoiceServer(port, proc.pid, children[0].pid, log_path, metrics_dir)
-        finally:
-            _stop(proc)
-
-
-def _wait_ready(proc: subprocess.Popen[bytes], port: int, log_path: Path) -> None:
-    deadline = time.monotonic() + READY_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"voice exited with {proc.returncode}:\n{_tail(log_path)}")
-        with contextlib.suppress(OSError):
-            if http_get(port, "/readyz")[0] == 200:
-                return
-        time.sleep(0.5)
-    raise RuntimeError(f"voice not ready after {READY_TIMEOUT_S:.0f} s:\n{_tail(log_path)}")
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    """SIGTERM (gunicorn's graceful stop), then SIGKILL whatever is left of its group."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            log("voice did not stop in time: killing it")
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    argv = processes.procfile_argv("voice", path)
+    ready = processes.answers(port)
+    with processes.running(
+        "voice",
+        argv,
+        env,
+        log_path,
+        ready,
+        timeout=READY_TIMEOUT_S,
+        poll=0.5,
+        stop_timeout=STOP_TIMEOUT_S,
+    ) as proc:
+        children = psutil.Process(proc.pid).children()
+        if len(children) != 1:
+            raise RuntimeError(f"expected one voice worker, found {len(children)}")
+        yield VoiceServer(port, proc.pid, children[0].pid, log_path, metrics_dir)
 
 
 # --- measuring: Prometheus histograms, CPU --------------------------------------------

@@ -32,7 +32,6 @@ import os
 import random
 import re
 import secrets
-import signal
 import subprocess
 import sys
 import tempfile
@@ -51,6 +50,7 @@ from urllib.parse import quote
 import redis
 from sqlalchemy import Engine, func, select, text
 
+from scripts import processes
 from scripts.bench import loadgen
 from scripts.bench.api import AGENT_LINES, CALLER_LINES, WebServer, machine_facts, web_server
 from scripts.devstack import ROOT, Endpoints, services
@@ -350,7 +350,7 @@ class Worker:
 @contextlib.contextmanager
 def worker_process(endpoints: Endpoints, data_dir: Path, telnyx_api_url: str) -> Iterator[Worker]:
     """`python -m workers.main` as the e2e tests start it; its whole group is stopped on exit."""
-    port = _free_port()
+    port = processes.free_port()
     # No real provider is reachable: CRM sync is a no-op, embeddings are computed locally,
     # Call Control goes to the local fake.
     env = {name: value for name, value in os.environ.items() if name not in EXTERNAL_CREDENTIALS}
@@ -369,40 +369,15 @@ def worker_process(endpoints: Endpoints, data_dir: Path, telnyx_api_url: str) ->
         PYTHONPATH=str(ROOT),
     )
     log_path = data_dir / "worker.log"
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "workers.main"],
-            cwd=ROOT,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        try:
-            deadline = time.monotonic() + WORKER_READY_TIMEOUT_S
-            while "Worker process is ready" not in log_path.read_text(errors="replace"):
-                if proc.poll() is not None:
-                    raise RuntimeError(f"worker exited with {proc.returncode}:\n{_tail(log_path)}")
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"worker not ready:\n{_tail(log_path)}")
-                time.sleep(0.2)
-            yield Worker(proc, log_path, port)
-        finally:
-            _stop_group(proc, "worker")
-
-
-def _stop_group(proc: subprocess.Popen[bytes], name: str) -> None:
-    """SIGTERM the process group (Dramatiq stops its children), then SIGKILL what is left."""
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            print(f"{name} did not stop in time: killing it", file=sys.stderr)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    with processes.running(
+        "worker",
+        [sys.executable, "-m", "workers.main"],
+        env,
+        log_path,
+        processes.logged(log_path, "Worker process is ready"),
+        timeout=WORKER_READY_TIMEOUT_S,
+    ) as proc:
+        yield Worker(proc, log_path, port)
 
 
 @contextlib.contextmanager
@@ -814,25 +789,6 @@ def _note(message: str) -> None:
     print(f"  {message}", file=sys.stderr, flush=True)
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def _tail(path: Path, lines: int = 30) -> str:
-    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-
-
-def _postmaster_pid(data_dir: Path) -> int | None:
-    with contextlib.suppress(OSError, ValueError, IndexError):
-        return int((data_dir / "postgres" / "postmaster.pid").read_text().splitlines()[0])
-    return None
-
-
 @contextlib.contextmanager
 def _environment(**values: str) -> Iterator[None]:
     """Set variables for the children started inside (api.web_server copies os.environ)."""
@@ -903,7 +859,7 @@ def main() -> int:
         with _environment(TELNYX_PUBLIC_KEY=signer.public_key):
             server = stack.enter_context(web_server(endpoints, data_dir, "WARNING"))
         watch = {"web": server.pid}
-        if not settings.database_url and (postmaster := _postmaster_pid(data_dir)):
+        if not settings.database_url and (postmaster := processes.postmaster_pid(data_dir)):
             watch["postgres"] = postmaster
         if not settings.redis_url:
             watch["valkey"] = int(broker_redis.info("server")["process_id"])

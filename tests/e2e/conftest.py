@@ -6,13 +6,12 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +21,11 @@ from flask.testing import FlaskClient
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from scripts import processes
 from scripts.fakes.http_fake import HttpFake
 from scripts.fakes.telnyx_api import start_fake_telnyx
 from scripts.fakes.telnyx_events import TelnyxSigner
+from scripts.processes import free_port
 from shared.config import Settings
 from shared.db.engine import make_engine, make_session_factory
 from shared.db.migrate import upgrade
@@ -55,17 +56,11 @@ def http_status(url: str) -> int:
         return 0
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def start_gunicorn(
     process: str, env: dict[str, str], tmp: Path, *, ready_timeout: float = 60
 ) -> tuple[subprocess.Popen[bytes], int, Path]:
-    """The Procfile's `web` or `voice` process (its gunicorn config) on a free port, ready."""
-    package = {"web": "api", "voice": "voice"}[process]
+    """The Procfile's `web` or `voice` process on a free port, ready; stop it with
+    `processes.stop`."""
     port = free_port()
     log_path = tmp / f"{process}-{port}.log"
     full_env = {
@@ -74,32 +69,12 @@ def start_gunicorn(
         "DATA_DIR": str(tmp / f"{process}-{port}"),
         "PYTHONPATH": str(ROOT),
         "LOG_FORMAT": "text",
+        "PATH": processes.venv_path(),
         **env,
     }
-    server = subprocess.Popen(  # noqa: S603  # our own module and config names
-        [
-            sys.executable,
-            "-m",
-            "gunicorn",
-            "--config",
-            f"python:web.{package}.gunicorn_conf",
-            f"web.{package}.wsgi:app",
-        ],
-        cwd=ROOT,
-        env=full_env,
-        stdout=log_path.open("wb"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    try:
-        wait_for(
-            lambda: http_status(f"http://127.0.0.1:{port}/readyz") == 200,
-            ready_timeout,
-            f"{process} /readyz",
-        )
-    except AssertionError:
-        server.terminate()
-        raise AssertionError(log_path.read_text()[-3000:]) from None
+    argv = processes.procfile_argv(process, full_env["PATH"])
+    ready = processes.answers(port)
+    server = processes.start(process, argv, full_env, log_path, ready, timeout=ready_timeout)
     return server, port, log_path
 
 
@@ -171,7 +146,6 @@ class WorkerProcess:
     process: subprocess.Popen[bytes]
     log_path: Path
     metrics_port: int
-    _log: Any = field(repr=False, default=None)
 
     def log_lines(self) -> list[dict[str, Any]]:
         lines = []
@@ -184,12 +158,7 @@ class WorkerProcess:
         return lines
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.kill()
+        processes.stop(self.process, "worker")
 
     def kill(self) -> None:
         """SIGKILL the whole process group: no shutdown, no acks, no rollback sent."""
@@ -217,25 +186,18 @@ def start_worker(
             "PYTHONPATH": str(ROOT),
             **extra_env,
         }
-        log = log_path.open("wb")
-        process = subprocess.Popen(
+        process = processes.start(
+            "worker",
             [sys.executable, "-m", "workers.main"],
-            cwd=ROOT,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
+            env,
+            log_path,
+            processes.logged(log_path, "Worker process is ready"),
+            timeout=30,
         )
-        worker = WorkerProcess(process, log_path, port, log)
+        worker = WorkerProcess(process, log_path, port)
         started.append(worker)
-        wait_for(
-            lambda: "Worker process is ready" in log_path.read_text(errors="replace"),
-            30,
-            "the worker to boot",
-        )
         return worker
 
     yield start
     for worker in started:
         worker.stop()
-        worker._log.close()

@@ -16,6 +16,7 @@ from flask.testing import FlaskClient
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from scripts import processes
 from scripts.fakes.listen import transcribe_ulaw
 from scripts.fakes.telnyx_events import TelnyxSigner, call_payload, envelope
 from scripts.fakes.telnyx_media import CallClosed, FakeTelnyxCall
@@ -71,8 +72,7 @@ def start_voice(
 def voice(provider_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
     process, port, _ = start_voice(provider_env, tmp_path_factory.mktemp("voice"))
     yield port
-    process.terminate()
-    process.wait(timeout=20)
+    processes.stop(process, "voice")
 
 
 def answered_call(
@@ -299,8 +299,7 @@ def test_a_failing_real_llm_falls_back_to_the_local_agent_and_the_call_goes_on(
             answer = ask(phone, QUESTION)
             phone.stop()
     finally:
-        process.terminate()
-        process.wait(timeout=20)
+        processes.stop(process, "voice")
         fake.stop()
     assert fake.requests, "the real LLM was tried first"
     assert heard_saturday_answer(answer), answer

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from flask.testing import FlaskClient
 
+from scripts import processes
 from tests.conftest import register_tenant
 from tests.e2e.conftest import start_gunicorn, wait_for
 
@@ -28,8 +29,7 @@ def web_port(
         "web", {**provider_env, "WEB_WORKERS": "2"}, tmp_path_factory.mktemp("web")
     )
     yield port
-    server.terminate()
-    server.wait(timeout=20)
+    processes.stop(server, "web")
 
 
 def _status(port: int, path: str, token: str) -> int:

@@ -16,7 +16,6 @@ import argparse
 import contextlib
 import http.client
 import json
-import math
 import os
 import platform
 import random
@@ -395,37 +394,6 @@ def machine_facts(database_url: str) -> list[str]:
     ]
 
 
-def print_table(title: str, rows: list[Row]) -> None:
-    baseline = {r.concurrency: r.result.p50_ms for r in rows if r.endpoint == HEALTHZ}
-    print(f"\n{title}")
-    header = (
-        f"{'endpoint':28} {'conc':>4} {'requests':>8} {'req/s':>7} {'p50 ms':>7} "
-        f"{'p95 ms':>7} {'p99 ms':>7} {'errors':>6} {'p50/hz':>6}  "
-        f"{'cpu% web':>8} {'pg':>5} {'loadgen':>7} {'other':>5} {'machine':>7} {'web ms/req':>10}"
-    )
-    print(header)
-    print("-" * len(header))
-    for row in rows:
-        r, cpu = row.result, row.result.cpu_percent
-        ratio = r.p50_ms / baseline[row.concurrency] if row.concurrency in baseline else 0.0
-        ours = cpu.get("web", 0) + cpu.get("postgres", 0) + cpu["loadgen"]
-        print(
-            f"{row.endpoint:28} {row.concurrency:>4} {r.requests:>8} {r.rps:>7.0f} "
-            f"{r.p50_ms:>7.2f} {r.p95_ms:>7.2f} {r.p99_ms:>7.2f} {r.errors:>6} {ratio:>6.1f}  "
-            f"{cpu.get('web', 0):>8.0f} {cpu.get('postgres', 0):>5.0f} "
-            f"{cpu['loadgen']:>7.0f} {max(0.0, cpu['machine'] - ours):>5.0f} "
-            f"{cpu['machine']:>7.0f} {_cpu_ms_per_request(r, 'web'):>10.2f}"
-        )
-        for sample in r.error_samples:
-            print(f"    error: {sample}")
-
-
-def _cpu_ms_per_request(result: loadgen.LoadResult, tree: str) -> float:
-    """CPU time of `tree` per request: unlike req/s, barely moved by a busy neighbour."""
-    cpu_s = result.cpu_percent.get(tree, 0.0) / 100 * result.duration_s
-    return 1000 * cpu_s / result.requests if result.requests else math.nan
-
-
 def print_targets(rows: list[Row]) -> None:
     print("\ntargets (calls endpoints): p95 < 10 ms at concurrency 1, > 1,000 req/s at 32")
     for row in rows:
@@ -446,8 +414,8 @@ def print_log_cost(results: dict[str, list[Row]]) -> None:
         print(f"\nLOG_LEVEL={level} against {base_level}: web CPU per request, req/s")
         for before, after in zip(base, rows, strict=True):
             cpu = (
-                _cpu_ms_per_request(before.result, "web"),
-                _cpu_ms_per_request(after.result, "web"),
+                loadgen.cpu_ms_per_request(before.result, "web"),
+                loadgen.cpu_ms_per_request(after.result, "web"),
             )
             print(
                 f"  {after.endpoint:28} conc {after.concurrency:>2}: "
@@ -511,11 +479,14 @@ def main() -> int:
                 results[level] = measure(server, seeded, args, watch)
     print("\n".join(["", "machine", *facts]))
     for level, rows in results.items():
-        print_table(
+        loadgen.print_table(
             f"LOG_LEVEL={level}, {args.duration:.0f} s per row after {args.warmup:.0f} s warm-up. "
             "cpu% = % of one core over the measured window; machine = all cores together "
             f"(max {len(os.sched_getaffinity(0)) * 100}), other = machine - this benchmark's",
             rows,
+            baseline=HEALTHZ,
+            trees=("web", "postgres"),
+            per_request=("web",),
         )
         print_targets(rows)
     if len(results) > 1:

@@ -26,9 +26,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from shared.config import Settings, load_settings
 
@@ -95,6 +96,66 @@ class LoadResult:
     @property
     def rps(self) -> float:
         return self.requests / self.duration_s
+
+
+def cpu_ms_per_request(result: LoadResult, tree: str) -> float:
+    """CPU time of a watched process tree per request: unlike req/s, barely moved by a
+    busy neighbour."""
+    cpu_s = result.cpu_percent.get(tree, 0.0) / 100 * result.duration_s
+    return 1000 * cpu_s / result.requests if result.requests else math.nan
+
+
+class TableRow(Protocol):
+    endpoint: str
+    concurrency: int
+    result: LoadResult
+
+
+_SHORT = {"postgres": "pg"}
+
+
+def print_table(
+    title: str,
+    rows: Sequence[TableRow],
+    *,
+    baseline: str,
+    trees: Sequence[str],
+    per_request: Sequence[str],
+    notes: Callable[[Any], list[str]] = lambda row: [],
+) -> None:
+    """One line per run: counts, latency, p50 against the `baseline` endpoint's at the same
+    concurrency, the CPU of each watched tree (plus the load generator's and the rest of
+    the machine's), and the CPU per request of the `per_request` trees."""
+    floor = {r.concurrency: r.result.p50_ms for r in rows if r.endpoint == baseline}
+    width = max(len(r.endpoint) for r in rows) if rows else 8
+    cpu_names = ["cpu% " + trees[0], *(_SHORT.get(t, t) for t in trees[1:]), "loadgen", "other"]
+    header = (
+        f"{'endpoint':{width}} {'conc':>4} {'requests':>8} {'req/s':>7} {'p50 ms':>7} "
+        f"{'p95 ms':>7} {'p99 ms':>7} {'max ms':>7} {'errors':>6} {'p50/hz':>6}  "
+        + " ".join(f"{name:>{max(len(name), 5)}}" for name in [*cpu_names, "machine"])
+        + "".join(f" {_SHORT.get(t, t) + ' ms/req':>10}" for t in per_request)
+    )
+    print(f"\n{title}\n{header}\n{'-' * len(header)}")
+    for row in rows:
+        r, cpu = row.result, row.result.cpu_percent
+        ratio = r.p50_ms / floor[row.concurrency] if row.concurrency in floor else 0.0
+        ours = sum(cpu.get(name, 0.0) for name in (*trees, "loadgen"))
+        values = [*(cpu.get(t, 0.0) for t in trees), cpu["loadgen"]]
+        values += [max(0.0, cpu["machine"] - ours), cpu["machine"]]
+        print(
+            f"{row.endpoint:{width}} {row.concurrency:>4} {r.requests:>8} {r.rps:>7.0f} "
+            f"{r.p50_ms:>7.2f} {r.p95_ms:>7.2f} {r.p99_ms:>7.2f} {r.max_ms:>7.1f} "
+            f"{r.errors:>6} {ratio:>6.1f}  "
+            + " ".join(
+                f"{value:>{max(len(name), 5)}.0f}"
+                for name, value in zip([*cpu_names, "machine"], values, strict=True)
+            )
+            + "".join(f" {cpu_ms_per_request(r, t):>10.2f}" for t in per_request)
+        )
+        if r.exhausted:
+            print(f"    the requests ran out: measured over {r.duration_s:.1f} s")
+        for line in [*notes(row), *(f"error: {sample}" for sample in r.error_samples)]:
+            print(f"    {line}")
 
 
 def run(spec: LoadSpec) -> LoadResult:

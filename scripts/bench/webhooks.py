@@ -611,43 +611,6 @@ def _percentile(values: list[float], pct: float) -> float:
     return ordered[max(0, min(len(ordered) - 1, math.ceil(pct / 100 * len(ordered)) - 1))]
 
 
-def _cpu_ms_per_request(result: loadgen.LoadResult, tree: str) -> float:
-    cpu_s = result.cpu_percent.get(tree, 0.0) / 100 * result.duration_s
-    return 1000 * cpu_s / result.requests if result.requests else math.nan
-
-
-def print_webhook_table(title: str, rows: list[Row]) -> None:
-    baseline = {r.concurrency: r.result.p50_ms for r in rows if r.endpoint == HEALTHZ}
-    print(f"\n{title}")
-    header = (
-        f"{'endpoint':22} {'conc':>4} {'requests':>8} {'req/s':>6} {'p50 ms':>7} "
-        f"{'p95 ms':>7} {'p99 ms':>7} {'max ms':>7} {'errors':>6} {'p50/hz':>6}  "
-        f"{'cpu% web':>8} {'pg':>4} {'valkey':>6} {'loadgen':>7} {'other':>5} {'machine':>7} "
-        f"{'web ms/req':>10} {'pg ms/req':>9}"
-    )
-    print(header)
-    print("-" * len(header))
-    for row in rows:
-        r, cpu = row.result, row.result.cpu_percent
-        ratio = r.p50_ms / baseline[row.concurrency] if row.concurrency in baseline else 0.0
-        ours = sum(cpu.get(name, 0.0) for name in ("web", "postgres", "valkey", "loadgen"))
-        print(
-            f"{row.endpoint:22} {row.concurrency:>4} {r.requests:>8} {r.rps:>6.0f} "
-            f"{r.p50_ms:>7.2f} {r.p95_ms:>7.2f} {r.p99_ms:>7.2f} {r.max_ms:>7.1f} "
-            f"{r.errors:>6} {ratio:>6.1f}  {cpu.get('web', 0):>8.0f} "
-            f"{cpu.get('postgres', 0):>4.0f} {cpu.get('valkey', 0):>6.0f} "
-            f"{cpu['loadgen']:>7.0f} {max(0.0, cpu['machine'] - ours):>5.0f} "
-            f"{cpu['machine']:>7.0f} {_cpu_ms_per_request(r, 'web'):>10.2f} "
-            f"{_cpu_ms_per_request(r, 'postgres'):>9.2f}"
-        )
-        if r.exhausted:
-            print(f"    the deliveries ran out: measured over {r.duration_s:.1f} s")
-        if row.effects:
-            print(f"    {row.effects}")
-        for sample in r.error_samples:
-            print(f"    error: {sample}")
-
-
 def print_webhook_targets(rows: list[Row]) -> None:
     """p95 at concurrency 1, events/s at the highest: in a closed loop of N connections the
     latency is at least N / throughput (Little's law), so p95 < 15 ms at 32 connections
@@ -891,12 +854,16 @@ def main() -> int:
     print(f"load average    {load_at_start} at start, {_load()} at end (1, 5, 15 min)")
     print(f"event mix       {', '.join(EVENT_MIX)} (one of each per call, in waves)")
     if webhook_rows:
-        print_webhook_table(
+        loadgen.print_table(
             f"LOG_LEVEL=WARNING, {args.duration:.0f} s per row after {args.warmup:.0f} s "
             "warm-up, every delivery signed and unique. cpu% = % of one core over the measured "
             f"window; machine = all cores (max {len(os.sched_getaffinity(0)) * 100}), "
             "other = machine - this benchmark's processes",
             webhook_rows,
+            baseline=HEALTHZ,
+            trees=("web", "postgres", "valkey"),
+            per_request=("web", "postgres"),
+            notes=lambda row: [row.effects] if row.effects else [],
         )
         print_webhook_targets(webhook_rows)
     if post_call_runs:

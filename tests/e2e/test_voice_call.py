@@ -5,10 +5,11 @@ dropped socket; and a failing real provider that the call survives by falling ba
 from __future__ import annotations
 
 import contextlib
+import functools
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -73,6 +74,21 @@ def voice(provider_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
     process, port, _ = start_voice(provider_env, tmp_path_factory.mktemp("voice"))
     yield port
     processes.stop(process, "voice")
+
+
+NewCall = Callable[..., tuple[Call, str]]
+
+
+@pytest.fixture
+def new_call(
+    web: FlaskClient,
+    signer: TelnyxSigner,
+    e2e_settings: Settings,
+    e2e_sessions: sessionmaker[Session],
+) -> NewCall:
+    """An inbound call to a fresh tenant's agent (its fields overridable), answered through
+    the webhooks: the call row and a stream token for it."""
+    return functools.partial(answered_call, web, signer, e2e_settings, e2e_sessions)
 
 
 def answered_call(
@@ -148,13 +164,11 @@ def turns(sessions: sessionmaker[Session], call_id: uuid.UUID) -> list[CallTurn]
 
 def test_an_offline_call_greets_answers_from_knowledge_and_stores_its_turns(
     voice: int,
-    web: FlaskClient,
-    signer: TelnyxSigner,
-    e2e_settings: Settings,
     e2e_sessions: sessionmaker[Session],
     tmp_path: Path,
+    new_call: NewCall,
 ) -> None:
-    call, token = answered_call(web, signer, e2e_settings, e2e_sessions)
+    call, token = new_call()
     with FakeTelnyxCall(
         media_url(voice, token), call_control_id=call.telnyx_call_control_id or ""
     ) as phone:
@@ -191,17 +205,15 @@ def test_an_offline_call_greets_answers_from_knowledge_and_stores_its_turns(
 
 def test_caller_speech_during_an_answer_cuts_it_off(
     voice: int,
-    web: FlaskClient,
-    signer: TelnyxSigner,
-    e2e_settings: Settings,
     e2e_sessions: sessionmaker[Session],
+    new_call: NewCall,
 ) -> None:
     long_greeting = (
         "Hello, thanks for calling Acme Dental. "
         + "We have three offices, and we are happy to help with cleanings, fillings, crowns, whitening and emergencies of every kind. "
         * 3
     )
-    call, token = answered_call(web, signer, e2e_settings, e2e_sessions, greeting=long_greeting)
+    call, token = new_call(greeting=long_greeting)
     with FakeTelnyxCall(media_url(voice, token), call_control_id="v3:x") as phone:
         phone.start_line()
         wait_for(lambda: len(phone.heard) > 8000 * 2, 20, "two seconds of greeting")
@@ -227,10 +239,10 @@ def test_streams_without_a_valid_token_for_a_live_call_are_refused(
     voice: int,
     web: FlaskClient,
     signer: TelnyxSigner,
-    e2e_settings: Settings,
     e2e_sessions: sessionmaker[Session],
+    new_call: NewCall,
 ) -> None:
-    call, token = answered_call(web, signer, e2e_settings, e2e_sessions)
+    call, token = new_call()
     if case == "garbage":
         token = "not-a-token"
     elif case == "expired":
@@ -259,12 +271,10 @@ def test_streams_without_a_valid_token_for_a_live_call_are_refused(
 
 def test_a_socket_dropped_mid_answer_still_stores_the_call_so_far(
     voice: int,
-    web: FlaskClient,
-    signer: TelnyxSigner,
-    e2e_settings: Settings,
     e2e_sessions: sessionmaker[Session],
+    new_call: NewCall,
 ) -> None:
-    call, token = answered_call(web, signer, e2e_settings, e2e_sessions)
+    call, token = new_call()
     phone = FakeTelnyxCall(media_url(voice, token), call_control_id="v3:x")
     phone.connect()
     phone.start_line()
@@ -277,10 +287,7 @@ def test_a_socket_dropped_mid_answer_still_stores_the_call_so_far(
 def test_a_failing_real_llm_falls_back_to_the_local_agent_and_the_call_goes_on(
     provider_env: dict[str, str],
     tmp_path: Path,
-    web: FlaskClient,
-    signer: TelnyxSigner,
-    e2e_settings: Settings,
-    e2e_sessions: sessionmaker[Session],
+    new_call: NewCall,
 ) -> None:
     from scripts.fakes.groq_llm import ErrorReply, start_fake_groq_llm
 
@@ -293,7 +300,7 @@ def test_a_failing_real_llm_falls_back_to_the_local_agent_and_the_call_goes_on(
         SENTIMENT_PROVIDER="local",
     )
     try:
-        _, token = answered_call(web, signer, e2e_settings, e2e_sessions)
+        _, token = new_call()
         with FakeTelnyxCall(media_url(port, token), call_control_id="v3:x") as phone:
             phone.start_line()
             answer = ask(phone, QUESTION)
@@ -308,13 +315,11 @@ def test_a_failing_real_llm_falls_back_to_the_local_agent_and_the_call_goes_on(
 
 def test_garbage_frames_are_dropped_and_a_flood_closes_only_its_own_stream(
     voice: int,
-    web: FlaskClient,
-    signer: TelnyxSigner,
-    e2e_settings: Settings,
     e2e_sessions: sessionmaker[Session],
+    new_call: NewCall,
 ) -> None:
-    call, token = answered_call(web, signer, e2e_settings, e2e_sessions)
-    _, flood_token = answered_call(web, signer, e2e_settings, e2e_sessions)
+    call, token = new_call()
+    _, flood_token = new_call()
     with FakeTelnyxCall(media_url(voice, token), call_control_id="v3:good") as phone:
         phone.start_line()
         phone.send_raw("not json at all")

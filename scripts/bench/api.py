@@ -48,7 +48,6 @@ DETAIL, LISTING, HEALTHZ = "GET /api/v1/calls/{id}", "GET /api/v1/calls?limit=50
 TARGET_P95_MS_AT_1 = 10.0
 TARGET_RPS_AT_32 = 1000.0
 READY_TIMEOUT_S = 60.0
-QUIET_PERCENT = 25.0
 
 
 # --- seeding ---------------------------------------------------------------------------
@@ -338,7 +337,7 @@ def measure(
     rows = []
     for concurrency in args.concurrency:
         for endpoint, paths in targets.items():
-            background = _wait_until_quiet(args.quiet_wait)
+            background = loadgen.wait_until_quiet(args.quiet_wait)
             print(
                 f"  {endpoint} at concurrency {concurrency} (background {background:.0f}%)",
                 file=sys.stderr,
@@ -355,16 +354,6 @@ def measure(
             )
             rows.append(Row(endpoint, concurrency, loadgen.run(spec)))
     return rows
-
-
-def _wait_until_quiet(limit_s: float) -> float:
-    """Wait (at most `limit_s`) for other load on the machine to drop below QUIET_PERCENT of
-    a core: the machine may be shared, and a busy neighbour skews every figure."""
-    deadline = time.monotonic() + limit_s
-    while (busy := loadgen.background_percent(1.0)) > QUIET_PERCENT:
-        if time.monotonic() >= deadline:
-            break
-    return busy
 
 
 # --- reporting -------------------------------------------------------------------------
@@ -434,17 +423,7 @@ def _parse_args() -> argparse.Namespace:
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
     parser.add_argument("--calls", type=int, default=10_000)
     parser.add_argument("--turns", type=int, default=6)
-    parser.add_argument("--duration", type=float, default=10.0, help="measured seconds per run")
-    parser.add_argument("--warmup", type=float, default=2.0, help="uncounted seconds first")
-    parser.add_argument(
-        "--concurrency", type=lambda v: [int(c) for c in v.split(",")], default=[1, 32]
-    )
-    parser.add_argument(
-        "--quiet-wait",
-        type=float,
-        default=20.0,
-        help="before each run, wait up to this many seconds for other load to settle",
-    )
+    loadgen.add_run_arguments(parser)
     parser.add_argument(
         "--log-levels",
         type=lambda v: [level.strip().upper() for level in v.split(",")],

@@ -16,6 +16,7 @@ Only loopback targets are accepted: this is for benchmarking a server started lo
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
@@ -405,6 +406,34 @@ def _cpu_percent(before: _CpuSnapshot, after: _CpuSnapshot, seconds: float) -> d
         earlier = before.trees.get(name, {})
         used[name] = sum(max(0.0, cpu - earlier.get(pid, 0.0)) for pid, cpu in pids.items())
     return {name: round(100 * value / seconds, 1) for name, value in used.items()}
+
+
+QUIET_PERCENT = 25.0
+
+
+def wait_until_quiet(limit_s: float, busy_limit: float = QUIET_PERCENT) -> float:
+    """Wait (at most `limit_s`) for other load on the machine to drop below `busy_limit`%
+    of a core: the machine may be shared, and a busy neighbour skews every figure.
+    Returns the last reading."""
+    deadline = time.monotonic() + limit_s
+    while (busy := background_percent(1.0)) > busy_limit and time.monotonic() < deadline:
+        pass
+    return busy
+
+
+def add_run_arguments(parser: argparse.ArgumentParser, *, quiet_wait: float = 20.0) -> None:
+    """The options every load benchmark takes: window, warm-up, concurrencies, quiet wait."""
+    parser.add_argument("--duration", type=float, default=10.0, help="measured seconds per run")
+    parser.add_argument("--warmup", type=float, default=2.0, help="uncounted seconds first")
+    parser.add_argument(
+        "--concurrency", type=lambda v: [int(c) for c in v.split(",")], default=[1, 32]
+    )
+    parser.add_argument(
+        "--quiet-wait",
+        type=float,
+        default=quiet_wait,
+        help="before each run, wait up to this many seconds for other load to settle",
+    )
 
 
 def background_percent(seconds: float = 1.0) -> float:

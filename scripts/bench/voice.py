@@ -60,6 +60,7 @@ from sqlalchemy import Engine, insert, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from scripts import processes
+from scripts.bench import loadgen
 from scripts.devstack import ROOT, Endpoints, services
 from scripts.fakes import deepgram_live
 from scripts.fakes.telnyx_media import CallClosed, FakeTelnyxCall, Gap, MediaLoop
@@ -100,7 +101,6 @@ UNDERRUN_GAP_S = 0.04
 LAG_LIMIT_S = 0.02
 CLEAR_LIMIT_S = 0.2
 CONNECTS_PER_S = 25.0
-QUIET_PERCENT = 25.0
 
 
 def log(message: str) -> None:
@@ -112,21 +112,9 @@ def load_line() -> str:
     return f"load average {one:.2f} {five:.2f} {fifteen:.2f}"
 
 
-def machine_busy_percent(seconds: float = 2.0) -> float:
-    """CPU busy on the whole machine over the next `seconds`, in % of one core."""
-    before = psutil.cpu_times()
-    time.sleep(seconds)
-    after = psutil.cpu_times()
-    busy = [(sum(t) - t.idle - getattr(t, "iowait", 0.0)) for t in (before, after)]
-    return float(100 * (busy[1] - busy[0]) / seconds)
-
-
-def wait_until_quiet(limit_s: float, busy_limit: float = QUIET_PERCENT) -> str:
-    """Wait (at most `limit_s`) for others' load to drop below `busy_limit`% of a core:
-    the machine is shared, and a busy neighbour skews every figure. Returns what it saw."""
-    deadline = time.monotonic() + limit_s
-    while (busy := machine_busy_percent()) > busy_limit and time.monotonic() < deadline:
-        pass
+def wait_until_quiet(limit_s: float) -> str:
+    """loadgen.wait_until_quiet, as a line for the report."""
+    busy = loadgen.wait_until_quiet(limit_s)
     return f"machine busy {busy:.0f}% of a core before the run, {load_line()}"
 
 

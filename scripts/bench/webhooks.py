@@ -74,7 +74,6 @@ EVENT_MIX = ("call.initiated", "call.answered", "streaming.started", "call.hangu
 TARGET_P95_MS = 15.0
 TARGET_EVENTS_PER_S = 500.0
 MAX_WEBHOOKS = 40_000  # per run: bodies, signatures and the JSON spec stay a few tens of MB
-QUIET_PERCENT = 25.0
 WORKER_READY_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 15.0
 HTTP_TIMEOUT_S = 10.0
@@ -262,7 +261,7 @@ def measure_webhooks(
 ) -> list[Row]:
     rows = []
     for concurrency in args.concurrency:
-        background = _wait_until_quiet(args.quiet_wait)
+        background = loadgen.wait_until_quiet(args.quiet_wait)
         _note(f"{HEALTHZ} at concurrency {concurrency} (background {background:.0f}%)")
         spec = loadgen.LoadSpec(
             port=server.port,
@@ -279,7 +278,7 @@ def measure_webhooks(
         count = int(min(MAX_WEBHOOKS, max(2_000, wanted)))
         tag = f"c{concurrency}-{uuid.uuid4().hex[:6]}"
         wave = max(64, 2 * concurrency)
-        background = _wait_until_quiet(args.quiet_wait)
+        background = loadgen.wait_until_quiet(args.quiet_wait)
         started = time.monotonic()
         deliveries = build_deliveries(signer, count, tenant, tag, wave)
         _note(
@@ -303,16 +302,6 @@ def measure_webhooks(
         effects = Effects.read(engine, broker_redis).since(before)
         rows.append(Row(WEBHOOK, concurrency, result, background, effects))
     return rows
-
-
-def _wait_until_quiet(limit_s: float) -> float:
-    """Wait (at most `limit_s`) for other load on the machine to drop below QUIET_PERCENT of
-    a core: the machine is shared, and a busy neighbour skews every figure."""
-    deadline = time.monotonic() + limit_s
-    while (busy := loadgen.background_percent(1.0)) > QUIET_PERCENT:
-        if time.monotonic() >= deadline:
-            break
-    return busy
 
 
 # --- the worker and the post-call runs -------------------------------------------------
@@ -571,7 +560,7 @@ def measure_post_call(
     runs = []
     with Tracker(engine) as tracker:
         for mode, batch in (("one at a time", 1), (f"{args.burst} at once", args.burst)):
-            background = _wait_until_quiet(args.quiet_wait)
+            background = loadgen.wait_until_quiet(args.quiet_wait)
             _note(f"post-call, {args.calls} calls {mode} (background {background:.0f}%)")
             tag = uuid.uuid4().hex[:6]
             before = worker.actor_durations()
@@ -777,11 +766,7 @@ def _parse_args() -> argparse.Namespace:
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
-    parser.add_argument("--duration", type=float, default=10.0, help="measured seconds per run")
-    parser.add_argument("--warmup", type=float, default=2.0, help="uncounted seconds first")
-    parser.add_argument(
-        "--concurrency", type=lambda v: [int(c) for c in v.split(",")], default=[1, 32]
-    )
+    loadgen.add_run_arguments(parser)
     parser.add_argument(
         "--events-factor",
         type=float,
@@ -791,12 +776,6 @@ def _parse_args() -> argparse.Namespace:
     parser.add_argument("--calls", type=int, default=30, help="post-call: calls per mode")
     parser.add_argument("--burst", type=int, default=10, help="post-call: hang-ups at once")
     parser.add_argument("--skip", choices=["webhooks", "post-call"], action="append", default=[])
-    parser.add_argument(
-        "--quiet-wait",
-        type=float,
-        default=20.0,
-        help="before each run, wait up to this many seconds for other load to settle",
-    )
     return parser.parse_args()
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import http.client
+import json
 import os
 import shlex
 import shutil
@@ -19,6 +20,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 from honcho.environ import parse_procfile
 
@@ -56,6 +58,16 @@ def postmaster_pid(data_dir: Path) -> int | None:
     with contextlib.suppress(OSError, ValueError, IndexError):
         return int((data_dir / "postgres" / "postmaster.pid").read_text().splitlines()[0])
     return None
+
+
+def json_log_lines(path: Path) -> list[dict[str, Any]]:
+    """The JSON lines of a process's log (LOG_FORMAT=json), skipping anything else."""
+    lines = []
+    for line in path.read_text(errors="replace").splitlines():
+        if line.startswith("{"):
+            with contextlib.suppress(ValueError):
+                lines.append(json.loads(line))
+    return lines
 
 
 def http_status(port: int, path: str) -> int:

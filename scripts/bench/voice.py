@@ -949,21 +949,18 @@ class StepResult:
 
     @property
     def ok(self) -> bool:
-        return (
-            self.lag.count > 0
-            and self.late_frames == 0
-            and self.underruns == 0
-            and self.clears_missing == 0
-            and all(c <= CLEAR_LIMIT_S for c in self.clears)
-            and not self.fallbacks
-        )
+        """No frame > 20 ms late, no underrun, every clear in time, no fallback."""
+        return self._passes(late_frames_allowed=0)
 
     @property
     def ok_relaxed(self) -> bool:
         """As `ok`, but up to 1% of call-seconds may have had a frame > 20 ms late."""
+        return self._passes(late_frames_allowed=0.01 * self.lag.count)
+
+    def _passes(self, late_frames_allowed: float) -> bool:
         return (
             self.lag.count > 0
-            and self.late_frames <= 0.01 * self.lag.count
+            and self.late_frames <= late_frames_allowed
             and self.underruns == 0
             and self.clears_missing == 0
             and all(c <= CLEAR_LIMIT_S for c in self.clears)

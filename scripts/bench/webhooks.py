@@ -26,7 +26,6 @@ import argparse
 import contextlib
 import functools
 import http.client
-import json
 import math
 import os
 import random
@@ -314,12 +313,7 @@ class Worker:
     metrics_port: int
 
     def log_lines(self) -> list[dict[str, Any]]:
-        lines = []
-        for line in self.log_path.read_text(errors="replace").splitlines():
-            if line.startswith("{"):
-                with contextlib.suppress(ValueError):
-                    lines.append(json.loads(line))
-        return lines
+        return processes.json_log_lines(self.log_path)
 
     def actor_durations(self) -> dict[str, tuple[float, float]]:
         """actor -> (sum ms, count) of Dramatiq's processing-time histogram, so far."""

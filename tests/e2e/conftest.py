@@ -3,7 +3,6 @@ providers, the web app with real (committing) sessions, and real worker processe
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -148,14 +147,7 @@ class WorkerProcess:
     metrics_port: int
 
     def log_lines(self) -> list[dict[str, Any]]:
-        lines = []
-        for line in self.log_path.read_text(errors="replace").splitlines():
-            if line.startswith("{"):
-                try:
-                    lines.append(json.loads(line))
-                except ValueError:
-                    continue
-        return lines
+        return processes.json_log_lines(self.log_path)
 
     def stop(self) -> None:
         processes.stop(self.process, "worker")

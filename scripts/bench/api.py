@@ -31,6 +31,7 @@ from typing import Any
 
 from psycopg.types.json import Jsonb
 from sqlalchemy import Engine, insert, text
+from sqlalchemy.orm import Session
 
 from scripts import processes
 from scripts.bench import loadgen
@@ -119,19 +120,24 @@ class Seeded:
     call_ids: list[uuid.UUID]
 
 
+def bench_tenant(session: Session) -> Principal:
+    """A new organization and its user, registered through the services."""
+    user = auth.register(
+        session,
+        organization="Northwind Dental",
+        email=f"bench-{uuid.uuid4().hex[:8]}@bench.example.com",
+        password=secrets.token_urlsafe(16),  # never used: benchmarks use keys or webhooks
+    )
+    return Principal(organization_id=user.organization_id, user_id=user.id)
+
+
 def seed(database_url: str, *, calls: int, turns: int) -> Seeded:
     """One tenant (user + API key through the services), its agents, customers, and
     `calls` calls with `turns` turns each through COPY; then ANALYZE."""
     engine = make_engine(database_url, pool_size=1)
     try:
         with session_scope(make_session_factory(engine)) as session:
-            user = auth.register(
-                session,
-                organization="Northwind Dental",
-                email=f"bench-{uuid.uuid4().hex[:8]}@bench.example.com",
-                password=secrets.token_urlsafe(16),  # never used: requests carry the API key
-            )
-            who = Principal(organization_id=user.organization_id, user_id=user.id)
+            who = bench_tenant(session)
             key = api_keys.create(session, who, "bench").key
         call_ids = _seed_calls(engine, who.organization_id, calls, turns)
         with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:

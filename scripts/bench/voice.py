@@ -836,6 +836,17 @@ def stats_row(name: str, values: list[float], unit: str = "ms") -> str:
     )
 
 
+def turn_stats(figures: dict[str, list[float]], *, stt_label: str) -> list[str]:
+    """The stored per-turn latencies as a table: voice-to-voice and its three stages."""
+    return [
+        stats_header(),
+        stats_row("voice-to-voice (call_turns)", figures["v2v"]),
+        stats_row(f"  {stt_label}", figures["stt"]),
+        stats_row("  llm_ttft_ms", figures["llm_ttft"]),
+        stats_row("  tts_ttfa_ms", figures["tts_ttfa"]),
+    ]
+
+
 def stats_header() -> str:
     return f"  {'':34} {'n':>4} {'p50':>8} {'p95':>8} {'p99':>8} {'max':>8}"
 
@@ -904,11 +915,7 @@ def run_a(ctx: Context) -> list[str]:
         f"Groq first token {times.llm_ttft_ms:.0f} ms, then every {times.llm_token_ms:.0f} ms "
         f"(first sentence at {times.first_sentence_ms():.0f} ms); Cartesia first audio "
         f"{times.tts_ms:.0f} ms  =>  providers' own time {times.total_ms:.0f} ms",
-        stats_header(),
-        stats_row("voice-to-voice (call_turns)", figures["v2v"]),
-        stats_row("  caller turn stt_ms", figures["stt"]),
-        stats_row("  llm_ttft_ms", figures["llm_ttft"]),
-        stats_row("  tts_ttfa_ms", figures["tts_ttfa"]),
+        *turn_stats(figures, stt_label="caller turn stt_ms"),
         stats_row(f"v2v - providers ({times.total_ms:.0f} ms)", above),
         stats_row(f"v2v - stored parts - {sentence_ms:.0f} ms tokens", figures["rest"]),
         f"  voice_loop_overhead_seconds (loop's _latency, {overhead.count:.0f} turns, "
@@ -1330,11 +1337,7 @@ def run_c(ctx: Context) -> list[str]:
         f"{args.c_calls} calls one after another, {len(figures['v2v'])} answered questions; "
         f"{quiet}; after: {load_line()}",
         f"  voice worker CPU over the phase: {cpu:.0f}% of one core",
-        stats_header(),
-        stats_row("voice-to-voice (call_turns)", figures["v2v"]),
-        stats_row("  caller stt_ms (silence+Whisper)", figures["stt"]),
-        stats_row("  llm_ttft_ms", figures["llm_ttft"]),
-        stats_row("  tts_ttfa_ms", figures["tts_ttfa"]),
+        *turn_stats(figures, stt_label="caller stt_ms (silence+Whisper)"),
         f"  heard: {dict(heard.most_common(2))}",
         f"  answered: {dict(answers.most_common(2))}",
     ]

@@ -30,7 +30,6 @@ import math
 import os
 import random
 import re
-import secrets
 import subprocess
 import sys
 import tempfile
@@ -51,7 +50,14 @@ from sqlalchemy import Engine, func, select, text
 
 from scripts import processes
 from scripts.bench import loadgen
-from scripts.bench.api import AGENT_LINES, CALLER_LINES, WebServer, machine_facts, web_server
+from scripts.bench.api import (
+    AGENT_LINES,
+    CALLER_LINES,
+    WebServer,
+    bench_tenant,
+    machine_facts,
+    web_server,
+)
 from scripts.devstack import ROOT, Endpoints, services
 from scripts.fakes.http_fake import HttpFake
 from scripts.fakes.telnyx_api import start_fake_telnyx
@@ -60,8 +66,7 @@ from shared.config import load_settings
 from shared.db.engine import make_engine, make_session_factory, session_scope
 from shared.db.migrate import upgrade
 from shared.db.models import Agent, Call, CallEvent, CallTurn, OutcomeStat
-from shared.services import auth, phone_numbers
-from shared.services.principal import Principal
+from shared.services import phone_numbers
 
 DEFAULT_DATA_DIR = Path(tempfile.gettempdir()) / "switchboard-bench-webhooks"
 DATABASE = "switchboard_bench_webhooks"
@@ -106,13 +111,7 @@ def seed(database_url: str) -> Tenant:
     engine = make_engine(database_url, pool_size=1)
     try:
         with session_scope(make_session_factory(engine)) as session:
-            user = auth.register(
-                session,
-                organization="Northwind Dental",
-                email=f"bench-{uuid.uuid4().hex[:8]}@bench.example.com",
-                password=secrets.token_urlsafe(16),
-            )
-            who = Principal(organization_id=user.organization_id, user_id=user.id)
+            who = bench_tenant(session)
             agent = Agent(organization_id=who.organization_id, name="Ava, front desk")
             session.add(agent)
             session.flush()

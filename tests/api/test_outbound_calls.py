@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from shared.config import Settings
 from shared.db.models import Call, Organization
 from shared.queue.broker import build_broker
-from tests.api.test_resources import create_agent
+from tests.api.test_resources import create_agent, routed_agent
 from tests.conftest import Tenant, register_tenant
 from web.api.app import create_app
 
@@ -48,13 +48,7 @@ def owner(app_client: FlaskClient) -> Tenant:
 
 @pytest.fixture
 def agent_id(app_client: FlaskClient, owner: Tenant) -> str:
-    agent = create_agent(app_client, owner)
-    app_client.post(
-        "/api/v1/phone-numbers",
-        json={"number": NUMBER, "agent_id": agent["id"]},
-        headers=owner.headers,
-    )
-    return str(agent["id"])
+    return str(routed_agent(app_client, owner, NUMBER)["id"])
 
 
 def dial_jobs(broker: RedisBroker) -> list[list[str]]:

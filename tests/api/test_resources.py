@@ -29,6 +29,18 @@ def create_agent(client: FlaskClient, tenant: Tenant, **overrides: object) -> di
     return response.get_json()
 
 
+def routed_agent(client: FlaskClient, tenant: Tenant, number: str, **overrides: object) -> dict:
+    """A new agent of `tenant` with `number` routed to it."""
+    agent = create_agent(client, tenant, **overrides)
+    routed = client.post(
+        "/api/v1/phone-numbers",
+        json={"number": number, "agent_id": agent["id"]},
+        headers=tenant.headers,
+    )
+    assert routed.status_code == 201, routed.get_json()
+    return agent
+
+
 def seed_call(
     db: Session,
     tenant: Tenant,

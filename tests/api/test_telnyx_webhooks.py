@@ -16,7 +16,7 @@ from scripts.fakes.telnyx_events import TelnyxSigner, call_payload, envelope
 from shared.config import Settings
 from shared.db.models import Call, CallEvent, Customer
 from shared.queue.broker import build_broker
-from tests.api.test_resources import create_agent
+from tests.api.test_resources import routed_agent
 from tests.conftest import Tenant, register_tenant
 from web.api.app import create_app
 
@@ -56,12 +56,7 @@ def telnyx_client(
 @pytest.fixture
 def routed(telnyx_client: FlaskClient) -> Tenant:
     owner = register_tenant(telnyx_client, "Acme")
-    agent = create_agent(telnyx_client, owner)
-    telnyx_client.post(
-        "/api/v1/phone-numbers",
-        json={"number": NUMBER, "agent_id": agent["id"]},
-        headers=owner.headers,
-    )
+    routed_agent(telnyx_client, owner, NUMBER)
     return owner
 
 

@@ -21,7 +21,7 @@ from scripts.fakes.telnyx_events import TelnyxSigner, call_payload, envelope
 from shared.config import Settings
 from shared.db.models import Call, CallTurn, JobRun, Memory, OutcomeStat
 from shared.services import stream_tokens
-from tests.api.test_resources import create_agent
+from tests.api.test_resources import routed_agent
 from tests.conftest import register_tenant
 from tests.e2e.conftest import WorkerProcess, wait_for
 
@@ -30,13 +30,7 @@ CALLER = "+14155550999"
 
 def _route(web: FlaskClient, number: str) -> str:
     owner = register_tenant(web, f"E2E{uuid.uuid4().hex[:6]}")
-    agent = create_agent(web, owner)
-    web.post(
-        "/api/v1/phone-numbers",
-        json={"number": number, "agent_id": agent["id"]},
-        headers=owner.headers,
-    )
-    return str(agent["id"])
+    return str(routed_agent(web, owner, number)["id"])
 
 
 def _deliver(

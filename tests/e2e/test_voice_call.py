@@ -24,7 +24,7 @@ from scripts.fakes.telnyx_media import CallClosed, FakeTelnyxCall
 from shared.config import Settings
 from shared.db.models import Call, CallTurn
 from shared.services import stream_tokens
-from tests.api.test_resources import AGENT
+from tests.api.test_resources import routed_agent
 from tests.conftest import register_tenant
 from tests.e2e.conftest import ROOT, start_gunicorn, wait_for
 
@@ -99,21 +99,16 @@ def answered_call(
     **agent_fields: object,
 ) -> tuple[Call, str]:
     owner = register_tenant(web, f"Voice{uuid.uuid4().hex[:6]}")
-    agent = web.post(
-        "/api/v1/agents",
-        json={
-            **AGENT,
+    number = f"+1415555{uuid.uuid4().int % 10000:04d}"
+    routed_agent(
+        web,
+        owner,
+        number,
+        **{
             "greeting": "Hello, thanks for calling Acme Dental.",
             "knowledge": KNOWLEDGE,
             **agent_fields,
         },
-        headers=owner.headers,
-    ).get_json()
-    number = f"+1415555{uuid.uuid4().int % 10000:04d}"
-    web.post(
-        "/api/v1/phone-numbers",
-        json={"number": number, "agent_id": agent["id"]},
-        headers=owner.headers,
     )
     ccid = f"v3:voice-{uuid.uuid4().hex[:8]}"
     payload = call_payload(ccid, from_="+14155550999", to=number)

@@ -264,6 +264,22 @@ def test_streams_without_a_valid_token_for_a_live_call_are_refused(
     assert turns(e2e_sessions, call.id) == []
 
 
+def test_a_compression_offer_is_declined_and_a_refusal_is_a_clean_close(voice: int) -> None:
+    """websockets' client offers permessage-deflate by default; the voice process accepts
+    the upgrade without it and closes a bad stream with 1008 and the reason."""
+    from websockets.exceptions import ConnectionClosedError
+    from websockets.sync.client import connect
+
+    with connect(media_url(voice, "not-a-token")) as ws:
+        assert "Sec-WebSocket-Extensions" in ws.request.headers
+        assert "Sec-WebSocket-Extensions" not in ws.response.headers
+        with pytest.raises(ConnectionClosedError) as closed:
+            ws.recv(timeout=5)
+    assert closed.value.rcvd is not None
+    assert closed.value.rcvd.code == 1008
+    assert closed.value.rcvd.reason == "invalid or expired stream token"
+
+
 def test_a_socket_dropped_mid_answer_still_stores_the_call_so_far(
     voice: int,
     e2e_sessions: sessionmaker[Session],

@@ -8,16 +8,16 @@ from flask_sock import Sock
 from shared.config import Settings
 from web import http_common
 from web.voice.media import media_stream
+from web.voice.media_socket import DeferredReader, without_extensions
 from web.voice.runtime import VoiceRuntime
-
-# Telnyx media frames are ~300 bytes; nothing legitimate comes near this.
-MAX_MESSAGE_BYTES = 64 * 1024
 
 
 def create_app(settings: Settings, runtime: VoiceRuntime) -> Flask:
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
-    app.config["SOCK_SERVER_OPTIONS"] = {"max_message_size": MAX_MESSAGE_BYTES, "ping_interval": 25}
+    # flask-sock does the upgrade; the handler then reads and writes the socket itself.
+    app.config["SOCK_SERVER_OPTIONS"] = {"thread_class": DeferredReader}
+    app.wsgi_app = without_extensions(app.wsgi_app)  # type: ignore[method-assign]
     app.extensions["voice"] = runtime
     http_common.install(app, "voice")
     Sock(app).route("/media/telnyx")(media_stream)

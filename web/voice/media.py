@@ -26,15 +26,26 @@ from shared.services import call_context, stream_tokens
 from shared.voice import telnyx_media as tm
 from shared.voice.call_loop import CallLoop, CallSetup
 from shared.voice.recorder import DbTurnWriter
+from web.voice.media_socket import MediaSocket
 from web.voice.runtime import VoiceRuntime
 
 log = logging.getLogger(__name__)
 POLICY_VIOLATION = 1008
 START_TIMEOUT = 10.0
 MAX_FRAMES_PER_SECOND = 250  # Telnyx sends 50 (20 ms frames); far more is a flood
+MAX_MESSAGE_BYTES = 64 * 1024  # media frames are ~300 bytes; nothing legitimate comes near
+PING_S = 25.0
 
 
 def media_stream(ws: Any) -> None:
+    sock = MediaSocket(ws, max_message_bytes=MAX_MESSAGE_BYTES, ping_s=PING_S)
+    try:
+        _serve(sock)
+    finally:
+        sock.close()
+
+
+def _serve(ws: MediaSocket) -> None:
     runtime: VoiceRuntime = current_app.extensions["voice"]
     grant = stream_tokens.redeem(runtime.settings.signing_key, request.args.get("token", ""))
     if grant is None:
@@ -70,7 +81,7 @@ def media_stream(ws: Any) -> None:
         log.info("media stream ended", extra={"call_id": str(start.call_id)})
 
 
-def _await_start(ws: Any) -> tm.Start | None:
+def _await_start(ws: MediaSocket) -> tm.Start | None:
     """Read up to the `start` frame; anything before it (media included) is dropped."""
     deadline = time.monotonic() + START_TIMEOUT
     while time.monotonic() < deadline:
@@ -120,7 +131,7 @@ class FrameLag:
             self.worst, self.window_end = 0.0, timestamp_ms + self.WINDOW_MS
 
 
-def _read(ws: Any, loop: CallLoop, call_id: str) -> None:
+def _read(ws: MediaSocket, loop: CallLoop, call_id: str) -> None:
     window_start, frames = time.monotonic(), 0
     lag = FrameLag()
     while True:
@@ -129,13 +140,15 @@ def _read(ws: Any, loop: CallLoop, call_id: str) -> None:
         except ConnectionClosed:
             log.info("media socket closed", extra={"call_id": call_id})
             return
+        if raw is None:
+            continue
         arrived = time.monotonic()
         frames += 1
         if frames > MAX_FRAMES_PER_SECOND:
             if time.monotonic() - window_start < 1.0:
                 VOICE_BAD_FRAMES.labels("flood").inc()
                 log.warning("media stream flooding: closing it", extra={"call_id": call_id})
-                ws.close(reason=POLICY_VIOLATION, message="too many frames")
+                ws.close(POLICY_VIOLATION, "too many frames")
                 return
             window_start, frames = time.monotonic(), 0
         try:
@@ -152,7 +165,7 @@ def _read(ws: Any, loop: CallLoop, call_id: str) -> None:
             loop.feed(frame)
 
 
-def _sender(ws: Any) -> Callable[[str], None]:
+def _sender(ws: MediaSocket) -> Callable[[str], None]:
     """`ws.send`, with a closed socket reported as the loop's own StreamClosed."""
 
     def send(message: str) -> None:
@@ -164,7 +177,7 @@ def _sender(ws: Any) -> Callable[[str], None]:
     return send
 
 
-def _reject(ws: Any, reason: str) -> None:
+def _reject(ws: MediaSocket, reason: str) -> None:
     VOICE_REJECTED_STREAMS.labels(reason.split(":", maxsplit=1)[0][:40]).inc()
     log.warning("media stream rejected: %s", reason, extra={"remote_addr": request.remote_addr})
-    ws.close(reason=POLICY_VIOLATION, message=reason[:120])
+    ws.close(POLICY_VIOLATION, reason[:120])

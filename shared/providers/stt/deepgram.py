@@ -1,11 +1,14 @@
 """Deepgram live STT (Nova, `/v1/listen`) over deepgram-sdk 7.x's synchronous socket client.
 
-One websocket per call, opened through `guard("deepgram")`. A sender worker drains the audio
-queue (so `send()` never waits on the network) and sends a KeepAlive after `keepalive_s`
-without audio; a receiver worker maps Deepgram's messages to SttEvents. Both are
-`threading.Thread`s, i.e. greenlets once gevent has patched threading (the voice process),
-so `on_event` runs in a greenlet there; the SDK's websocket (websockets' sync client) runs
-on the patched sockets and its own reader thread becomes a greenlet too.
+One websocket per call, opened through `guard("deepgram")`. `send()` sends on it directly,
+in the caller's greenlet (the call's media reader), `send_ms` of audio per message: a queue
+and a sender greenlet cost two more greenlet switches per 20 ms frame, most of an open
+line's CPU, and a send only waits when the socket's kernel buffer (seconds of audio) is full.
+A keep-alive worker sends KeepAlive after `keepalive_s` without audio; a receiver worker maps
+Deepgram's messages to SttEvents. Both are `threading.Thread`s, i.e. greenlets once gevent
+has patched threading (the voice process), so `on_event` runs in a greenlet there; the SDK's
+websocket (websockets' sync client) runs on the patched sockets and its own reader thread
+becomes a greenlet too.
 
 Turns: `is_final` results are FINAL segments; `speech_final` (endpointing) ends the turn,
 or `UtteranceEnd` does when endpointing missed. A failure mid-stream (drop, `Error`) is
@@ -15,10 +18,9 @@ kept in `stream.failed` and passed to `on_error` once, so the call can fall back
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
 
@@ -42,7 +44,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 BYTES_PER_S = 8000  # μ-law, 8 kHz, mono
-COALESCE_BYTES = 1600  # a backlog goes out in messages of up to 200 ms
+SEND_MS = 40  # audio per message: see the README's voice benchmark for the measurement
 CLOSE_WAIT_S = 3.0
 
 
@@ -70,13 +72,17 @@ class DeepgramStream:
         on_event: Callable[[SttEvent], None],
         on_error: Callable[[BaseException], None] | None,
         keepalive_s: float,
+        send_ms: int = SEND_MS,
     ) -> None:
         self.failed: BaseException | None = None
         self._context, self._socket = connection
         self._on_event = on_event
         self._on_error = on_error
         self._keepalive_s = keepalive_s
-        self._outbox: queue.Queue[bytes | None] = queue.Queue()
+        self._send_bytes = max(1, BYTES_PER_S * send_ms // 1000)
+        self._pending = bytearray()  # audio not sent yet: less than one message
+        self._sent_at = time.monotonic()
+        self._stopped = threading.Event()
         self._closing = False
         self._released = False
         self._lock = threading.Lock()
@@ -84,16 +90,19 @@ class DeepgramStream:
         self._received_at = time.monotonic()
         self._turn: list[str] = []
         self._turn_end_s = 0.0  # audio time of the turn's last word
-        self._sender = self._spawn(self._send_loop, "deepgram-sender")
+        self._keepalive = self._spawn(self._keepalive_loop, "deepgram-keepalive")
         self._receiver = self._spawn(self._receive_loop, "deepgram-receiver")
 
     def send(self, pcmu: bytes) -> None:
-        """Queue caller audio for the sender; dropped after close() or a failure."""
+        """Caller audio, sent once `send_ms` of it is here; dropped after close() or a
+        failure."""
         if self._closing or self.failed is not None or not pcmu:
             return
         self._received += len(pcmu)
         self._received_at = time.monotonic()
-        self._outbox.put(pcmu)
+        self._pending += pcmu
+        if len(self._pending) >= self._send_bytes:
+            self._send_pending()
 
     def close(self) -> None:
         """Send what is queued and CloseStream, wait (bounded) for the last results (a turn
@@ -102,43 +111,36 @@ class DeepgramStream:
             if self._closing:
                 return
             self._closing = True
-        self._outbox.put(None)
+        self._stopped.set()
+        if self.failed is None:
+            self._send_pending()
+        if self.failed is None:
+            self._send(self._socket.send_close_stream)
         self._receiver.join(CLOSE_WAIT_S)
         if self.failed is None and not self._receiver.is_alive():
             self._end_turn(self._turn_end_s)
         self._release()
 
     # -- sending ---------------------------------------------------------------------
-    def _send_loop(self) -> None:
+    def _send_pending(self) -> None:
+        chunk = bytes(self._pending)
+        self._pending.clear()
+        self._send(lambda: self._socket.send_media(chunk))
+
+    def _send(self, send: Callable[[], None]) -> None:
         try:
-            for chunk in self._chunks():
-                if chunk is None:
-                    self._socket.send_keep_alive()
-                else:
-                    self._socket.send_media(chunk)
-            if self.failed is None:
-                self._socket.send_close_stream()
+            send()
         except Exception as exc:
             self._fail(exc)
+        else:
+            self._sent_at = time.monotonic()
 
-    def _chunks(self) -> Iterator[bytes | None]:
-        """Audio to send (a backlog coalesced), None for a KeepAlive; ends at close()."""
-        while self.failed is None:
-            try:
-                item = self._outbox.get(timeout=self._keepalive_s)
-            except queue.Empty:
-                yield None
-                continue
-            if item is None:
-                return
-            chunk = bytearray(item)
-            while len(chunk) < COALESCE_BYTES and not self._outbox.empty():
-                more = self._outbox.get_nowait()
-                if more is None:
-                    yield bytes(chunk)
-                    return
-                chunk += more
-            yield bytes(chunk)
+    def _keepalive_loop(self) -> None:
+        """A KeepAlive whenever no audio went out for keepalive_s (Deepgram closes a
+        stream after 10 s without data)."""
+        while not self._stopped.wait(self._keepalive_s / 2):
+            if time.monotonic() - self._sent_at >= self._keepalive_s and self.failed is None:
+                self._send(self._socket.send_keep_alive)
 
     # -- receiving -------------------------------------------------------------------
     def _receive_loop(self) -> None:
@@ -203,7 +205,7 @@ class DeepgramStream:
                 return
             self.failed = exc
         log.warning("Deepgram stream failed: %r", exc)
-        self._outbox.put(None)  # stops the sender
+        self._stopped.set()
         self._release()
         if self._on_error is not None:
             try:

@@ -1,0 +1,146 @@
+"""MediaSocket (the voice process's Telnyx websocket after the upgrade) over a real socket
+pair, against websockets' client protocol on the other end: fragments, pings, closing,
+oversized messages, and what it sends."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+from simple_websocket import ConnectionClosed
+from websockets.client import ClientProtocol
+from websockets.frames import Frame, Opcode
+from websockets.protocol import State
+from websockets.uri import parse_uri
+
+from web.voice.media_socket import MediaSocket
+
+
+@dataclass
+class Upgraded:
+    """What MediaSocket takes from flask-sock: the socket and the `connected` flag."""
+
+    sock: socket.socket
+    connected: bool = True
+
+
+class Peer:
+    """The Telnyx end: websockets' client protocol on a plain socket."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.protocol = ClientProtocol(parse_uri("ws://voice/media/telnyx"), state=State.OPEN)
+
+    def send_frames(self, *frames: tuple[Opcode, bytes, bool]) -> None:
+        for opcode, data, fin in frames:
+            if opcode is Opcode.TEXT:
+                self.protocol.send_text(data, fin=fin)
+            elif opcode is Opcode.CONT:
+                self.protocol.send_continuation(data, fin=fin)
+            elif opcode is Opcode.PING:
+                self.protocol.send_ping(data)
+            elif opcode is Opcode.CLOSE:
+                self.protocol.send_close(1000)
+        self.sock.sendall(b"".join(self.protocol.data_to_send()))
+
+    def read_frames(self, until: Opcode, timeout: float = 5.0) -> list[Frame]:
+        """Frames the server sent, up to and including the first `until` frame."""
+        self.sock.settimeout(timeout)
+        frames: list[Frame] = []
+        while not any(f.opcode is until for f in frames):
+            data = self.sock.recv(65536)
+            if not data:
+                self.protocol.receive_eof()
+            else:
+                self.protocol.receive_data(data)
+            frames += [e for e in self.protocol.events_received() if isinstance(e, Frame)]
+            if not data:
+                break
+        return frames
+
+
+@pytest.fixture
+def pair() -> Iterator[tuple[MediaSocket, Upgraded, Peer]]:
+    server_sock, client_sock = socket.socketpair()
+    upgraded = Upgraded(server_sock)
+    media = MediaSocket(upgraded, max_message_bytes=1024, ping_s=0.2)
+    yield media, upgraded, Peer(client_sock)
+    server_sock.close()
+    client_sock.close()
+
+
+def test_messages_in_fragments_arrive_whole_and_in_order(
+    pair: tuple[MediaSocket, Upgraded, Peer],
+) -> None:
+    media, _, peer = pair
+    peer.send_frames(
+        (Opcode.TEXT, b'{"event":"start"}', True),
+        (Opcode.TEXT, b'{"event":', False),
+        (Opcode.CONT, b'"media"}', True),
+    )
+    assert media.receive() == b'{"event":"start"}'
+    assert media.receive() == b'{"event":"media"}'
+
+
+def test_a_ping_is_answered_and_sent_text_reaches_the_peer(
+    pair: tuple[MediaSocket, Upgraded, Peer],
+) -> None:
+    media, _, peer = pair
+    peer.send_frames((Opcode.PING, b"are you there", True), (Opcode.TEXT, b"{}", True))
+    assert media.receive() == b"{}"
+    media.send('{"event":"clear"}')
+    frames = peer.read_frames(until=Opcode.TEXT)
+    assert [(f.opcode, f.data) for f in frames] == [
+        (Opcode.PONG, b"are you there"),
+        (Opcode.TEXT, b'{"event":"clear"}'),
+    ]
+
+
+def test_the_peers_close_ends_receive_and_further_sends(
+    pair: tuple[MediaSocket, Upgraded, Peer],
+) -> None:
+    media, upgraded, peer = pair
+    peer.send_frames((Opcode.CLOSE, b"", True))
+    with pytest.raises(ConnectionClosed):
+        media.receive()
+    assert peer.read_frames(until=Opcode.CLOSE)[-1].opcode is Opcode.CLOSE  # answered
+    with pytest.raises(ConnectionClosed):
+        media.send("{}")
+    media.close()
+    assert not upgraded.connected  # flask-sock's own close() will send nothing more
+
+
+def test_an_oversized_message_closes_the_stream_with_1009(
+    pair: tuple[MediaSocket, Upgraded, Peer],
+) -> None:
+    media, _, peer = pair
+    peer.send_frames((Opcode.TEXT, b"x" * 5000, True))
+    with pytest.raises(ConnectionClosed):
+        media.receive()
+    close = peer.read_frames(until=Opcode.CLOSE)[-1]
+    assert close.opcode is Opcode.CLOSE and close.data[:2] == (1009).to_bytes(2, "big")
+
+
+def test_a_receive_timeout_returns_none_then_a_silent_peer_is_pinged_and_dropped(
+    pair: tuple[MediaSocket, Upgraded, Peer],
+) -> None:
+    media, _, peer = pair
+    assert media.receive(timeout=0.05) is None
+    outcome: list[BaseException] = []
+
+    def wait() -> None:
+        try:
+            media.receive()
+        except ConnectionClosed as exc:
+            outcome.append(exc)
+
+    reader = threading.Thread(target=wait)
+    reader.start()
+    reader.join(5)
+    frames = peer.read_frames(until=Opcode.CLOSE)
+    assert [f.opcode for f in frames] == [Opcode.PING, Opcode.CLOSE]
+    assert frames[-1].data[:2] == (1011).to_bytes(2, "big")
+    assert outcome, "receive() ended with ConnectionClosed"

@@ -1,0 +1,164 @@
+"""The Telnyx media websocket, read and written by the call's own greenlet.
+
+flask-sock (simple-websocket) does the HTTP upgrade; from then on this class owns the
+socket. Why not simple-websocket's `receive()`: it reads in a background thread of its own
+and hands every message over through an Event, two more greenlet switches for each 20 ms
+frame of every call, and frames with wsproto, pure Python (13 µs per media frame here
+against 3.7 µs for websockets' sans-I/O protocol, C-accelerated unmasking). At 50 inbound
+frames a second per call, those hand-offs were most of an open line's cost. So the reader
+greenlet recv()s and parses here, and `send()` frames with the same protocol object.
+
+Not negotiated: permessage-deflate (see `without_extensions`). Pings: after `ping_s` with
+nothing received a ping goes out; a second quiet period closes the stream.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from simple_websocket import ConnectionClosed
+from websockets.frames import Frame, Opcode
+from websockets.protocol import State
+from websockets.server import ServerProtocol
+
+RECV_BYTES = 65536
+_DATA = (Opcode.TEXT, Opcode.BINARY, Opcode.CONT)
+
+
+class DeferredReader:
+    """simple-websocket's `thread_class`: its reader thread is never started, since the
+    handler reads the socket itself (MediaSocket). Set through SOCK_SERVER_OPTIONS."""
+
+    def __init__(self, target: Callable[[], None]) -> None:
+        self.name = "media-reader"
+        self.target = target
+
+    def start(self) -> None:
+        """Not started: see the class docstring."""
+
+
+def without_extensions(app: Callable[..., Any]) -> Callable[..., Any]:
+    """WSGI middleware: drop the client's Sec-WebSocket-Extensions offer. simple-websocket
+    would accept permessage-deflate, i.e. zlib both ways on every 20 ms frame of base64
+    μ-law, which barely compresses; and MediaSocket frames without extensions."""
+
+    def middleware(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        environ.pop("HTTP_SEC_WEBSOCKET_EXTENSIONS", None)
+        return app(environ, start_response)
+
+    return middleware
+
+
+class MediaSocket:
+    """One accepted websocket (`ws`: flask-sock's simple_websocket.Server, reader unstarted).
+
+    `receive` is for one greenlet (the call's reader); `send` and `close` may come from
+    any greenlet of the call: writes are serialised so frames never interleave.
+    """
+
+    def __init__(self, ws: Any, *, max_message_bytes: int, ping_s: float) -> None:
+        self._ws = ws
+        self._sock = ws.sock
+        self._protocol = ServerProtocol(state=State.OPEN, max_size=max_message_bytes)
+        self._write_lock = threading.Lock()  # a gevent lock once threading is patched
+        self._messages: deque[bytes] = deque()
+        self._fragments: list[bytes] = []
+        self._ping_s = ping_s
+        self._pinged = False
+
+    @property
+    def open(self) -> bool:
+        return self._protocol.state is State.OPEN
+
+    def receive(self, timeout: float | None = None) -> bytes | None:
+        """The next message (text as its UTF-8 bytes), None after `timeout` s without one.
+        Raises ConnectionClosed when the stream has ended."""
+        remaining = timeout
+        while not self._messages:
+            if self._protocol.state is not State.OPEN:
+                raise ConnectionClosed()
+            wait = self._ping_s if remaining is None else min(remaining, self._ping_s)
+            data = self._recv(wait)
+            if data is None:
+                if remaining is not None:
+                    remaining -= wait
+                    if remaining <= 0:
+                        return None
+                if self._ping_due():
+                    continue
+                self.close(1011, "no data and no pong")
+                raise ConnectionClosed()
+            self._feed(data)
+        return self._messages.popleft()
+
+    def send(self, text: str) -> None:
+        """Send one text message; ConnectionClosed (or OSError) once the stream is gone."""
+        with self._write_lock:
+            if self._protocol.state is not State.OPEN:
+                raise ConnectionClosed()
+            self._protocol.send_text(text.encode())
+            self._flush()
+
+    def close(self, code: int = 1000, reason: str = "") -> None:
+        """Start the closing handshake (idempotent); the socket is gunicorn's to close."""
+        with self._write_lock:
+            if self._protocol.state is State.OPEN:
+                self._protocol.send_close(code, reason)
+                self._flush(quiet=True)
+        # flask-sock calls ws.close() after the handler: nothing more is to be sent.
+        self._ws.connected = False
+
+    # -- reading -------------------------------------------------------------------------
+    def _recv(self, timeout: float) -> bytes | None:
+        self._sock.settimeout(timeout)
+        try:
+            data: bytes = self._sock.recv(RECV_BYTES)
+        except TimeoutError:
+            return None
+        except OSError:
+            data = b""
+        self._pinged = False
+        return data
+
+    def _feed(self, data: bytes) -> None:
+        protocol = self._protocol
+        if data:
+            protocol.receive_data(data)
+        else:
+            protocol.receive_eof()
+        for frame in protocol.events_received():
+            if not isinstance(frame, Frame) or frame.opcode not in _DATA:
+                continue  # control frames: the protocol answers pings and closes itself
+            if frame.fin and not self._fragments:
+                self._messages.append(bytes(frame.data))
+            else:
+                self._fragments.append(bytes(frame.data))
+                if frame.fin:
+                    self._messages.append(b"".join(self._fragments))
+                    self._fragments = []
+        # Pongs, the reply to a close, or the close after a protocol error.
+        with self._write_lock:
+            self._flush(quiet=True)
+
+    def _ping_due(self) -> bool:
+        """Quiet for ping_s: ping once (True) or, already pinged, give up (False)."""
+        if self._pinged:
+            return False
+        self._pinged = True
+        with self._write_lock:
+            self._protocol.send_ping(b"")
+            self._flush()
+        return True
+
+    def _flush(self, *, quiet: bool = False) -> None:
+        """Send what the protocol has queued; `quiet`: a gone peer is not an error here
+        (the reader finds out on its next recv)."""
+        if data := b"".join(self._protocol.data_to_send()):
+            try:
+                self._sock.sendall(data)
+            except OSError:
+                if not quiet:
+                    raise

@@ -66,7 +66,7 @@ class CallLoop:
     def __init__(
         self,
         *,
-        send: Callable[[str], None],
+        send: tm.Sender,
         providers: CallProviders,
         setup: CallSetup,
         sink: TurnSink,

@@ -16,7 +16,13 @@ from dataclasses import dataclass, field
 import gevent
 from gevent.event import Event
 
-from shared.voice.telnyx_media import CLEAR_MESSAGE, StreamClosed, mark_message, media_message
+from shared.voice.telnyx_media import (
+    CLEAR_MESSAGE,
+    Sender,
+    StreamClosed,
+    mark_message,
+    media_message,
+)
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +49,7 @@ class TurnAudio:
 class Playout:
     def __init__(
         self,
-        send: Callable[[str], None],
+        send: Sender,
         *,
         chunk_ms: int = 100,
         lead_ms: int = 200,
@@ -112,13 +118,13 @@ class Playout:
         self.closed = True
         self.wakeup.set()
 
-    def send(self, message: str) -> None:
+    def send(self, *messages: str) -> None:
         """Send, unless the socket is gone: then stop playing out. A hang-up racing the
         pacing loop is normal, not an error to raise into (and print from) a greenlet."""
         if self.closed:
             return
         try:
-            self._send(message)
+            self._send(*messages)
         except StreamClosed as exc:
             log.debug("media socket closed while sending: %s", exc)
             self.close()
@@ -158,15 +164,14 @@ class Playout:
         if len(piece) % 160:  # Telnyx wants whole 20 ms frames
             piece += SILENCE * (160 - len(piece) % 160)
         now = self.clock()
-        self.send(media_message(piece))
+        name = f"{audio.turn}:{audio.sent + size}"
+        self.send(media_message(piece), mark_message(name))  # one write for both
         if self.closed:
             return True
         audio.sent += size
         if audio.first_sent_at is None:
             audio.first_sent_at = now
-        name = f"{audio.turn}:{audio.sent}"
         audio.marks[name] = audio.sent
         self.by_name[name] = audio
-        self.send(mark_message(name))
         self.play_end = max(self.play_end, now) + len(piece) / (BYTES_PER_MS * 1000)
         return True

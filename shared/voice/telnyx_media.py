@@ -12,7 +12,7 @@ import binascii
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
@@ -20,6 +20,12 @@ import orjson
 class StreamClosed(Exception):
     """The media websocket is gone (the caller hung up, Telnyx closed it): nothing more
     can be sent. Raised by the sender the voice process gives the loop."""
+
+
+class Sender(Protocol):
+    """Sends text messages to Telnyx in order, in one write; raises StreamClosed."""
+
+    def __call__(self, *messages: str) -> None: ...
 
 
 class ProtocolError(ValueError):

@@ -20,7 +20,9 @@ def run(playout: Playout) -> gevent.Greenlet:
 def test_audio_is_paced_against_real_time_with_a_mark_after_each_chunk() -> None:
     sent: list[tuple[float, dict]] = []
     playout = Playout(
-        lambda text: sent.append((time.monotonic(), json.loads(text))), chunk_ms=40, lead_ms=80
+        lambda *texts: sent.extend((time.monotonic(), json.loads(t)) for t in texts),
+        chunk_ms=40,
+        lead_ms=80,
     )
     pacer = run(playout)
     audio = playout.begin_turn(1)
@@ -42,7 +44,9 @@ def test_audio_is_paced_against_real_time_with_a_mark_after_each_chunk() -> None
 
 def test_marks_tell_what_was_heard_and_clear_drops_the_rest() -> None:
     sent: list[dict] = []
-    playout = Playout(lambda text: sent.append(json.loads(text)), chunk_ms=100, lead_ms=100)
+    playout = Playout(
+        lambda *texts: sent.extend(json.loads(t) for t in texts), chunk_ms=100, lead_ms=100
+    )
     pacer = run(playout)
     audio = playout.begin_turn(7)
     playout.add(audio, b"\x7f" * SECOND)
@@ -63,10 +67,10 @@ def test_marks_tell_what_was_heard_and_clear_drops_the_rest() -> None:
 def test_a_socket_closed_mid_turn_stops_the_pacer_quietly() -> None:
     sent: list[str] = []
 
-    def send(text: str) -> None:
+    def send(*texts: str) -> None:
         if len(sent) >= 4:
             raise StreamClosed("BrokenPipeError")
-        sent.append(text)
+        sent.extend(texts)
 
     playout = Playout(send, chunk_ms=20, lead_ms=40)
     pacer = run(playout)

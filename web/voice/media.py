@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
 from typing import Any
 
 from flask import current_app, request
@@ -165,12 +164,12 @@ def _read(ws: MediaSocket, loop: CallLoop, call_id: str) -> None:
             loop.feed(frame)
 
 
-def _sender(ws: MediaSocket) -> Callable[[str], None]:
+def _sender(ws: MediaSocket) -> tm.Sender:
     """`ws.send`, with a closed socket reported as the loop's own StreamClosed."""
 
-    def send(message: str) -> None:
+    def send(*messages: str) -> None:
         try:
-            ws.send(message)
+            ws.send(*messages)
         except (ConnectionClosed, OSError) as exc:  # OSError: BrokenPipe, reset
             raise tm.StreamClosed(type(exc).__name__) from exc
 

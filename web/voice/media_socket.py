@@ -143,9 +143,11 @@ class MediaSocket:
                 if frame.fin:
                     self._messages.append(b"".join(self._fragments))
                     self._fragments = []
-        # Pongs, the reply to a close, or the close after a protocol error.
-        with self._write_lock:
-            self._flush(quiet=True)
+        # Pongs, the reply to a close, or the close after a protocol error (usually none:
+        # the lock is taken only when there is something to send).
+        if out := protocol.data_to_send():
+            with self._write_lock:
+                self._sendall(out, quiet=True)
 
     def _watch(self) -> None:
         """Ping a quiet peer; close and unblock the reader if it stays quiet."""
@@ -166,9 +168,12 @@ class MediaSocket:
                 return
 
     def _flush(self, *, quiet: bool = False) -> None:
-        """Send what the protocol has queued; `quiet`: a gone peer is not an error here
-        (the reader finds out on its next recv)."""
-        if data := b"".join(self._protocol.data_to_send()):
+        """Send what the protocol has queued (holding the write lock)."""
+        self._sendall(self._protocol.data_to_send(), quiet=quiet)
+
+    def _sendall(self, out: list[bytes], *, quiet: bool) -> None:
+        """`quiet`: a gone peer is not an error here (the reader sees it on its next recv)."""
+        if data := b"".join(out):
             try:
                 self._sock.sendall(data)
             except OSError:

@@ -85,8 +85,8 @@ def test_the_stream_opens_with_the_token_and_the_query_nova_3_needs(
     }
 
 
-def test_audio_arrives_intact_and_in_order_as_binary_frames(fake: DeepgramLiveFake) -> None:
-    audio = os.urandom(FRAME * 100)
+def test_audio_arrives_intact_and_in_order_in_40_ms_messages(fake: DeepgramLiveFake) -> None:
+    audio = os.urandom(FRAME * 101)
     stream = provider(fake.url).open("en-US", Events())
     for i in range(0, len(audio), FRAME):
         stream.send(audio[i : i + FRAME])
@@ -94,6 +94,8 @@ def test_audio_arrives_intact_and_in_order_as_binary_frames(fake: DeepgramLiveFa
 
     (session,) = fake.sessions
     assert bytes(session.audio) == audio
+    sizes = [size for _, size in session.frames]
+    assert sizes == [2 * FRAME] * 50 + [FRAME]  # the odd 20 ms frame goes out at close
     assert session.control_types() == ["CloseStream"]
 
 

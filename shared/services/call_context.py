@@ -5,12 +5,13 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
-from shared.db.models import Agent, Call, Customer, Memory
+from shared.db.models import AbVariant, Agent, Call, Customer, Memory
 from shared.providers.llm.base import AgentContext, KnowledgeItem
 from shared.services.call_status import TERMINAL
+from shared.services.customer_context import RECENT_CALLS, suggested_approach
 
 MEMORIES = 3
 
@@ -41,8 +42,9 @@ def load(session: Session, call_id: uuid.UUID, organization_id: uuid.UUID) -> Ca
     if agent is None:
         raise CallNotLive("the call has no agent")
     customer = session.get(Customer, call.customer_id) if call.customer_id else None
+    earlier = _earlier_calls(session, call) if customer else []
     context = AgentContext(
-        persona=agent.persona,
+        persona=_variant_persona(session, call) or agent.persona,
         greeting=agent.greeting,
         closing=agent.closing,
         language=agent.language,
@@ -53,8 +55,9 @@ def load(session: Session, call_id: uuid.UUID, organization_id: uuid.UUID) -> Ca
             for k in agent.knowledge
         ),
         customer_name=customer.name if customer else None,
-        is_returning_customer=_has_history(session, call),
+        is_returning_customer=any(c.answered_at is not None for c in earlier),
         memories=_memories(session, call),
+        insights=suggested_approach(customer, earlier) if customer and earlier else None,
     )
     return CallStart(
         call.id,
@@ -66,17 +69,28 @@ def load(session: Session, call_id: uuid.UUID, organization_id: uuid.UUID) -> Ca
     )
 
 
-def _has_history(session: Session, call: Call) -> bool:
-    if call.customer_id is None:
-        return False
-    earlier = session.scalar(
-        select(func.count())
-        .select_from(Call)
-        .where(
-            Call.customer_id == call.customer_id, Call.id != call.id, Call.answered_at.is_not(None)
+def _variant_persona(session: Session, call: Call) -> str | None:
+    """The persona of the A/B variant the call was assigned to, if it has one of its own."""
+    if call.ab_variant_id is None:
+        return None
+    variant = session.get(AbVariant, call.ab_variant_id)
+    return variant.persona if variant is not None and variant.persona else None
+
+
+def _earlier_calls(session: Session, call: Call) -> list[Call]:
+    """The customer's previous calls with this tenant, newest first."""
+    return list(
+        session.scalars(
+            select(Call)
+            .where(
+                Call.organization_id == call.organization_id,
+                Call.customer_id == call.customer_id,
+                Call.id != call.id,
+            )
+            .order_by(Call.created_at.desc())
+            .limit(RECENT_CALLS)
         )
     )
-    return bool(earlier)
 
 
 def _memories(session: Session, call: Call) -> tuple[str, ...]:

@@ -46,7 +46,7 @@ def build(
         )
     )
     memories = _recall(session, customer, query_vector)
-    return CustomerContext(customer, calls, memories, _approach(customer, calls))
+    return CustomerContext(customer, calls, memories, suggested_approach(customer, calls))
 
 
 def _recall(
@@ -68,8 +68,9 @@ def _recall(
     return [RecalledMemory(m.content, round(1 - float(d), 4), m.kind) for m, d in ranked]
 
 
-def _approach(customer: Customer, calls: list[Call]) -> str | None:
-    """A plain-language hint from the customer's history (learned insights refine it later)."""
+def suggested_approach(customer: Customer, calls: list[Call]) -> str | None:
+    """A plain-language hint from the customer's calls (newest first): for the operator's
+    context view and, as the agent's insights, for the next call."""
     finished = [c for c in calls if c.outcome]
     if not finished:
         return "First contact: introduce the business briefly and ask how you can help."

@@ -1,8 +1,10 @@
 """GET /media/telnyx (websocket): one Telnyx media stream ↔ one call's real-time loop.
 
 The stream is accepted only with an unexpired token bound to a live call of the right
-tenant; anything else is closed with a logged reason. The call's context is loaded in a
-greenlet of its own while the first frames arrive, so audio never waits on the database.
+tenant; anything else is closed with a logged reason. The call's context is loaded once,
+before its loop starts (a few ms in this call's greenlet, while Telnyx's first frames wait
+in the socket; other calls go on); from then on the loop never waits on the database:
+turns are written by a greenlet of their own.
 """
 
 from __future__ import annotations

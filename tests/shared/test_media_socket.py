@@ -140,7 +140,26 @@ def test_a_receive_timeout_returns_none_then_a_silent_peer_is_pinged_and_dropped
     reader = threading.Thread(target=wait)
     reader.start()
     reader.join(5)
-    frames = peer.read_frames(until=Opcode.CLOSE)
-    assert [f.opcode for f in frames] == [Opcode.PING, Opcode.CLOSE]
-    assert frames[-1].data[:2] == (1011).to_bytes(2, "big")
+    frames = peer.read_frames(until=Opcode.CLOSE)  # to EOF: no close frame comes
+    assert [f.opcode for f in frames] == [Opcode.PING]
+    assert peer.protocol.state is State.CLOSED  # the connection was dropped
     assert outcome, "receive() ended with ConnectionClosed"
+
+
+def test_a_peer_that_stops_reading_cannot_hang_a_send(
+    pair: tuple[MediaSocket, Upgraded, Peer],
+) -> None:
+    media, _, _ = pair
+    failure: list[BaseException] = []
+
+    def flood() -> None:
+        try:
+            while True:  # the peer reads nothing: the socket buffer fills, then send blocks
+                media.send("x" * 60_000)
+        except (ConnectionClosed, OSError) as exc:
+            failure.append(exc)
+
+    sender = threading.Thread(target=flood)
+    sender.start()
+    sender.join(5)  # two quiet ping periods (0.4 s) and the watchdog drops the connection
+    assert not sender.is_alive() and failure

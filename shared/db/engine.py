@@ -63,11 +63,12 @@ def make_session_factory(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(engine, expire_on_commit=False)
 
 
-def make_read_session_factory(engine: Engine) -> sessionmaker[Session]:
+def make_autocommit_session_factory(engine: Engine) -> sessionmaker[Session]:
     """Sessions whose statements each commit on their own (no BEGIN / COMMIT round trips),
-    on the same pool. For requests that only read: at PostgreSQL's default READ COMMITTED
-    every statement takes its own snapshot inside a transaction too, so they see nothing
-    different; a lone write among them (an API key's last_used_at) is atomic by itself."""
+    on the same pool. For work that only reads, or writes with a single statement: at
+    PostgreSQL's default READ COMMITTED every statement takes its own snapshot inside a
+    transaction too, so reads see nothing different, and a lone write (an API key's
+    last_used_at, a call turn) is atomic by itself."""
     return sessionmaker(
         engine.execution_options(isolation_level="AUTOCOMMIT"), expire_on_commit=False
     )

@@ -46,8 +46,8 @@ class TurnSink(Protocol):
 
 
 class DbTurnWriter:
-    """Writes each turn in its own short transaction, in a greenlet of its own: the loop
-    only puts records on a queue, so a slow database never delays audio."""
+    """Writes each turn (one INSERT) in a greenlet of its own: the loop only puts records
+    on a queue, so a slow database never delays audio."""
 
     def __init__(self, factory: sessionmaker[Session], call_id: uuid.UUID) -> None:
         self.factory = factory

@@ -140,6 +140,10 @@ def media_message(ulaw: bytes) -> str:
 
 
 def mark_message(name: str) -> str:
+    """Hand-built like `media_message` (one per chunk); names are "<turn>:<bytes>", so
+    only a name from elsewhere needs JSON's escaping."""
+    if name.replace(":", "").isdigit():
+        return '{"event":"mark","mark":{"name":"' + name + '"}}'
     return json.dumps({"event": "mark", "mark": {"name": name}})
 
 

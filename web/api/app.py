@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from werkzeug.exceptions import BadRequest, UnsupportedMediaType
 
 from shared.config import Settings
-from shared.db.engine import make_engine, make_read_session_factory, make_session_factory
+from shared.db.engine import make_autocommit_session_factory, make_engine, make_session_factory
 from shared.queue.broker import build_broker
 from web import http_common
 from web.api import agents, auth, calls, context, customers, ops, problems
@@ -53,7 +53,7 @@ def create_app(
     if session_factory is None:
         engine = make_engine(settings.require_database_url(), pool_size=settings.db_pool_size)
         session_factory = make_session_factory(engine)
-        read_factory = make_read_session_factory(engine)
+        read_factory = make_autocommit_session_factory(engine)
     app.extensions["redis"] = redis_client or redis.Redis.from_url(
         settings.require_redis_url(), socket_timeout=2, socket_connect_timeout=2
     )

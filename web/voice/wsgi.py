@@ -1,7 +1,7 @@
 """gunicorn entry point of the `voice` process (one gevent worker holds every live call)."""
 
 from shared.config import load_settings
-from shared.db.engine import make_engine, make_session_factory
+from shared.db.engine import make_autocommit_session_factory, make_engine
 from shared.observability.logging import setup_logging
 from shared.observability.tracing import setup_tracing
 from shared.providers.registry import build_providers
@@ -15,7 +15,9 @@ setup_logging("voice", fmt=settings.log_format, level=settings.log_level)
 setup_tracing("voice", settings)
 runtime = VoiceRuntime(
     settings=settings,
-    sessions=make_session_factory(
+    # The voice process only reads (a call's context) and writes single rows (a turn):
+    # autocommit sessions spare each a BEGIN and a COMMIT round trip.
+    sessions=make_autocommit_session_factory(
         make_engine(settings.require_database_url(), pool_size=settings.db_pool_size)
     ),
     providers=build_providers(settings),

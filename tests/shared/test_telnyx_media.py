@@ -71,6 +71,10 @@ def test_outbound_messages_are_what_telnyx_expects() -> None:
         "media": {"payload": "AP8="},
     }
     assert json.loads(tm.mark_message("1:800")) == {"event": "mark", "mark": {"name": "1:800"}}
+    assert json.loads(tm.mark_message('say "hi"')) == {
+        "event": "mark",
+        "mark": {"name": 'say "hi"'},
+    }
     assert json.loads(tm.CLEAR_MESSAGE) == {"event": "clear"}
 
 

@@ -1413,6 +1413,10 @@ def _on_sigterm(signum: int, frame: object) -> None:
 def main() -> int:
     args = _parse_args()
     signal.signal(signal.SIGTERM, _on_sigterm)
+    # The phones' MediaLoop threads share the GIL with a Caller thread per call; at the
+    # default 5 ms switch interval a loop thread waited up to ~100 ms for its turn at 80
+    # calls, and the voice process counted those late frames as its own.
+    sys.setswitchinterval(0.0005)
     default_runtime = Path(tempfile.gettempdir()) / f"runtime-{os.getuid()}"
     runtime = Path(os.environ.setdefault("XDG_RUNTIME_DIR", str(default_runtime)))
     runtime.mkdir(mode=0o700, parents=True, exist_ok=True)

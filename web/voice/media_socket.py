@@ -38,8 +38,7 @@ class DeferredReader:
     handler reads the socket itself (MediaSocket). Set through SOCK_SERVER_OPTIONS."""
 
     def __init__(self, target: Callable[[], None]) -> None:
-        self.name = "media-reader"
-        self.target = target
+        self.name = "media-reader"  # simple-websocket renames it; `target` is never run
 
     def start(self) -> None:
         """Not started: see the class docstring."""
@@ -77,10 +76,6 @@ class MediaSocket:
         self._stopped = threading.Event()
         self._watchdog = threading.Thread(target=self._watch, name="media-ping", daemon=True)
         self._watchdog.start()
-
-    @property
-    def open(self) -> bool:
-        return self._protocol.state is State.OPEN
 
     def receive(self, timeout: float | None = None) -> bytes | None:
         """The next message (text as its UTF-8 bytes), None after `timeout` s without any

@@ -229,10 +229,7 @@ class CallLoop:
         )
         self._observe(reply, speech_ended_at)
         assert reply.audio is not None
-        while (
-            reply.audio.heard < reply.audio.total and self.playout.speaking and self.reply is reply
-        ):
-            gevent.sleep(0.05)
+        self.playout.wait_heard(reply.audio)  # a barge-in clears it, which ends the wait
         if self.reply is not reply:
             return
         self._record_reply(reply, interrupted=False)

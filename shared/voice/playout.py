@@ -44,6 +44,7 @@ class TurnAudio:
     cleared: bool = False
     first_sent_at: float | None = None
     marks: dict[str, int] = field(default_factory=dict)  # mark name → bytes heard once echoed
+    changed: Event = field(default_factory=Event)  # set when all heard, cleared, or closed
 
 
 class Playout:
@@ -98,6 +99,7 @@ class Playout:
         for audio in self.turns:
             audio.cleared = True
             audio.queued.clear()
+            audio.changed.set()
         self.turns.clear()
         self.send(CLEAR_MESSAGE)
         self.play_end = self.clock()
@@ -108,15 +110,28 @@ class Playout:
         audio = self.by_name.pop(name, None)
         if audio is not None and not audio.cleared:
             audio.heard = max(audio.heard, audio.marks.pop(name, audio.heard))
+            if audio.heard >= audio.total and audio.finished:
+                audio.changed.set()
 
     @property
     def speaking(self) -> bool:
         """Agent audio is queued here, or sent and (by our clock) still playing."""
         return bool(self.turns) or self.clock() < self.play_end
 
+    def wait_heard(self, audio: TurnAudio) -> None:
+        """Until the caller has heard all of `audio` (its last mark came back), it was
+        cleared, the playout closed, or by our clock nothing is playing any more (a peer
+        that echoes no marks). Woken by those events, else when the audio sent so far
+        should have played: a few wake-ups per turn, not a poll every 50 ms."""
+        while audio.heard < audio.total and not audio.cleared and not self.closed and self.speaking:
+            audio.changed.clear()
+            audio.changed.wait(timeout=max(0.01, self.play_end - self.clock()))
+
     def close(self) -> None:
         self.closed = True
         self.wakeup.set()
+        for audio in self.turns:
+            audio.changed.set()
 
     def send(self, *messages: str) -> None:
         """Send, unless the socket is gone: then stop playing out. A hang-up racing the

@@ -81,3 +81,36 @@ def test_a_socket_closed_mid_turn_stops_the_pacer_quietly() -> None:
     assert playout.closed and len(sent) == 4
     playout.clear()  # a barge-in after the hang-up sends nothing
     assert len(sent) == 4
+
+
+def test_waiting_for_a_turn_to_be_heard_ends_on_its_last_mark_a_clear_or_the_clock() -> None:
+    sent: list[dict] = []
+    playout = Playout(lambda *texts: sent.extend(json.loads(t) for t in texts), lead_ms=1000)
+    pacer = run(playout)
+
+    heard = playout.begin_turn(1)
+    playout.add(heard, b"\x7f" * SECOND)  # 1 s, all sent at once (1 s lead)
+    playout.finish(heard)
+    gevent.sleep(0.05)
+    last = [m["mark"]["name"] for m in sent if m["event"] == "mark"][-1]
+    gevent.spawn_later(0.1, playout.on_mark, last)  # Telnyx echoes the last mark early
+    start = time.monotonic()
+    playout.wait_heard(heard)
+    assert heard.heard == SECOND and time.monotonic() - start < 0.5
+
+    cut = playout.begin_turn(2)
+    playout.add(cut, b"\x7f" * SECOND)
+    playout.finish(cut)
+    gevent.spawn_later(0.1, playout.clear)
+    start = time.monotonic()
+    playout.wait_heard(cut)
+    assert cut.cleared and time.monotonic() - start < 0.5
+
+    unmarked = playout.begin_turn(3)  # a peer that echoes no marks: our clock decides
+    playout.add(unmarked, b"\x7f" * (SECOND // 2))
+    playout.finish(unmarked)
+    start = time.monotonic()
+    playout.wait_heard(unmarked)
+    assert 0.4 <= time.monotonic() - start < 0.8 and not playout.speaking
+    playout.close()
+    pacer.join(timeout=1)

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import http.client
 import itertools
 import json
@@ -988,6 +989,7 @@ def measure_step(
     meter: CpuMeter,
 ) -> StepResult:
     """Settle, then one measured window over the calls now up."""
+    gc.collect()  # here, not in the window (see main)
     time.sleep(ctx.args.settle)
     asked_before = sum(c.asked for c in phones.callers)
     unanswered_before = sum(c.unanswered for c in phones.callers)
@@ -1417,6 +1419,9 @@ def main() -> int:
     # default 5 ms switch interval a loop thread waited up to ~100 ms for its turn at 80
     # calls, and the voice process counted those late frames as its own.
     sys.setswitchinterval(0.0005)
+    # For the same reason no automatic collections: a full one holds the GIL for as long
+    # as it walks this process's objects. measure_step collects before each window.
+    gc.disable()
     default_runtime = Path(tempfile.gettempdir()) / f"runtime-{os.getuid()}"
     runtime = Path(os.environ.setdefault("XDG_RUNTIME_DIR", str(default_runtime)))
     runtime.mkdir(mode=0o700, parents=True, exist_ok=True)

@@ -433,9 +433,12 @@ def http_get(port: int, path: str) -> tuple[int, bytes]:
 
 @contextlib.contextmanager
 def voice_server(
-    endpoints: Endpoints, data_dir: Path, secret: str, label: str, extra: dict[str, str]
+    ctx: Context, label: str, extra: dict[str, str], *, pinned: bool = True
 ) -> Iterator[VoiceServer]:
-    """The Procfile's `voice` process on a free loopback port; stopped, group and all."""
+    """The Procfile's `voice` process on a free loopback port; stopped, group and all. With
+    `ctx.voice_cpu` (and `pinned`), its worker runs alone on that core, else on all of them
+    (not on the load generators' cores only, which it would inherit)."""
+    endpoints, data_dir, secret = ctx.endpoints, ctx.data_dir, ctx.secret
     port = processes.free_port()
     path = processes.venv_path()
     voice_data = data_dir / f"voice-{label}"
@@ -475,7 +478,15 @@ def voice_server(
         children = psutil.Process(proc.pid).children()
         if len(children) != 1:
             raise RuntimeError(f"expected one voice worker, found {len(children)}")
+        if ctx.voice_cpu is not None:
+            pin_threads(children[0].pid, {ctx.voice_cpu} if pinned else ctx.all_cpus)
         yield VoiceServer(port, proc.pid, children[0].pid, log_path, metrics_dir)
+
+
+def pin_threads(pid: int, cpus: set[int]) -> None:
+    """Every thread of `pid` on `cpus` (threads it starts later inherit it)."""
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        os.sched_setaffinity(int(tid), cpus)
 
 
 # --- measuring: Prometheus histograms, CPU --------------------------------------------
@@ -828,6 +839,8 @@ class Context:
     times: ProviderTimes
     fakes: Fakes | None = None
     runs: list[str] = field(default_factory=list)
+    voice_cpu: int | None = None  # --pin: the core the voice worker has to itself
+    all_cpus: set[int] = field(default_factory=lambda: os.sched_getaffinity(0))
 
 
 def stats_row(name: str, values: list[float], unit: str = "ms") -> str:
@@ -891,7 +904,7 @@ def run_a(ctx: Context) -> list[str]:
     args, times = ctx.args, ctx.times
     assert ctx.fakes is not None
     log(f"(a) loop overhead: {args.a_calls} calls x {args.a_turns} questions; {load_line()}")
-    with voice_server(ctx.endpoints, ctx.data_dir, ctx.secret, "a", ctx.fakes.env()) as server:
+    with voice_server(ctx, "a", ctx.fakes.env()) as server:
         quiet = wait_until_quiet(args.quiet_wait)
         log(f"  {quiet}")
         before = scrape(server)
@@ -1068,7 +1081,7 @@ def run_ramp(ctx: Context) -> list[str]:
     results: list[StepResult] = []
     profile: list[str] = []
     extra = ctx.fakes.env() | {"VOICE_CHUNK_MS": "100", "VOICE_LEAD_MS": "200"}
-    with voice_server(ctx.endpoints, ctx.data_dir, ctx.secret, "b", extra) as server:
+    with voice_server(ctx, "b", extra) as server:
         meter = cpu_meter(ctx, server)
         quiet = wait_until_quiet(args.quiet_wait)
         log(f"  {quiet}")
@@ -1164,7 +1177,7 @@ def chunk_run(ctx: Context, chunk: int, idle: bool) -> tuple[StepResult, str]:
     args = ctx.args
     extra = ctx.fakes.env() | {"VOICE_CHUNK_MS": str(chunk), "VOICE_LEAD_MS": "200"}
     label = f"chunk{chunk}{'-idle' * idle}"
-    with voice_server(ctx.endpoints, ctx.data_dir, ctx.secret, label, extra) as server:
+    with voice_server(ctx, label, extra) as server:
         meter = cpu_meter(ctx, server)
         quiet = wait_until_quiet(args.quiet_wait)
         log(f"  {quiet}")
@@ -1315,7 +1328,8 @@ def run_c(ctx: Context) -> list[str]:
     extra |= {"SENTIMENT_PROVIDER": "local"}
     tickets: list[Ticket] = []
     errors: list[str] = []
-    with voice_server(ctx.endpoints, ctx.data_dir, ctx.secret, "c", extra) as server:
+    # Not pinned: (c) is the local models' latency on this CPU, and they use every core.
+    with voice_server(ctx, "c", extra, pinned=False) as server:
         quiet = wait_until_quiet(args.quiet_wait)
         log(f"  {quiet}")
         meter = CpuMeter({"voice": server.worker})
@@ -1349,6 +1363,20 @@ def run_c(ctx: Context) -> list[str]:
 
 
 # --- main ------------------------------------------------------------------------------
+
+
+def pin_load_generators(pin: bool) -> int | None:
+    """With `pin` on a machine of 2+ cores: this process and everything it starts from now
+    on (phones, fake providers, PostgreSQL, Valkey, py-spy) on all cores but the last,
+    which the voice worker gets to itself (voice_server). The load generators otherwise
+    take CPU from the process under test: the way the reference figures were measured
+    (server pinned to one vCPU, load generator on the other). Returns the voice core."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if not pin or len(cpus) < 2:
+        return None
+    os.sched_setaffinity(0, set(cpus[:-1]))
+    print(f"pinned   voice worker on CPU {cpus[-1]}; everything else on {cpus[:-1]}", flush=True)
+    return cpus[-1]
 
 
 def machine_facts() -> list[str]:
@@ -1400,6 +1428,12 @@ def _parse_args() -> argparse.Namespace:
         help="MediaLoop threads for the phones, their 20 ms ticks spread evenly",
     )
     parser.add_argument(
+        "--pin",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="the voice worker alone on the last core, everything else on the others",
+    )
+    parser.add_argument(
         "--quiet-wait",
         type=float,
         default=300.0,
@@ -1430,12 +1464,15 @@ def main() -> int:
     times = ProviderTimes(args.stt_ms, args.llm_ttft_ms, args.llm_token_ms, args.tts_ms)
     phases = {"a", "b", "c"} if args.phase == "all" else {args.phase}
     print("\n".join(["machine", *machine_facts()]), flush=True)
+    all_cpus = os.sched_getaffinity(0)
+    voice_cpu = pin_load_generators(args.pin)
     with services(settings, database=DATABASE, fresh=True) as endpoints:
         upgrade(endpoints.database_url)
         engine = make_engine(endpoints.database_url, pool_size=2)
         try:
             secret = secrets.token_urlsafe(32)
             ctx = Context(args, endpoints, data_dir, Tenant(engine, secret), secret, times)
+            ctx.voice_cpu, ctx.all_cpus = voice_cpu, all_cpus
             if phases & {"a", "b"}:
                 with fake_providers(times) as fakes:
                     ctx.fakes = fakes

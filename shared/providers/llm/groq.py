@@ -20,7 +20,7 @@ from typing import Any
 import groq
 import httpx
 from groq import Groq
-from groq.types.chat import ChatCompletionChunk
+from groq.types.chat import ChatCompletion, ChatCompletionChunk
 from groq.types.chat.chat_completion_chunk import ChoiceDeltaToolCall
 
 from shared.config import Settings
@@ -30,6 +30,7 @@ from shared.resilience import guard
 log = logging.getLogger(__name__)
 
 PROVIDER = "groq"
+CHAT_COMPLETIONS = "/openai/v1/chat/completions"
 DEFAULT_MODEL = "llama-3.3-70b-versatile"
 MAX_KNOWLEDGE = 5
 MAX_MEMORIES = 3
@@ -183,7 +184,18 @@ class GroqLlm:
 
     def _open(self, body: dict[str, Any]) -> groq.Stream[ChatCompletionChunk]:
         def attempt(timeout: float) -> groq.Stream[ChatCompletionChunk]:
-            return self._client.chat.completions.create(**body, timeout=timeout)
+            # The SDK's own POST, the way its README documents for custom requests, with
+            # the stream type `chat.completions.create` uses: create() first walks the whole
+            # body through the SDK's type transform (0.9 ms per reply with a short history
+            # on this CPU, every reply of every call), for a body that is plain JSON already.
+            return self._client.post(
+                CHAT_COMPLETIONS,
+                body=body,
+                cast_to=ChatCompletion,
+                options={"timeout": timeout},
+                stream=True,
+                stream_cls=groq.Stream[ChatCompletionChunk],
+            )
 
         try:
             return guard(PROVIDER).call(attempt)

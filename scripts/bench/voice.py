@@ -6,7 +6,8 @@ Starts embedded PostgreSQL + Valkey in their own data dir (.data/vbench unless -
 seeds one tenant, agent, number and the calls directly, and starts the real `voice` process
 (gunicorn, one gevent worker) as the Procfile does. The fake Deepgram, Cartesia and Groq
 servers run in processes of their own, so their CPU is not the voice process's; the phones
-(scripts/fakes FakeTelnyxCall on one shared MediaLoop) run here.
+(scripts/fakes FakeTelnyxCall on one shared MediaLoop) run here. With --pin (the default,
+on 2+ cores) the voice worker has the last core to itself and all the rest share the others.
 
 (a) Loop overhead: providers of fixed latency (Deepgram replies `--stt-ms` after the audio
     that triggers them, Groq's first token at `--llm-ttft-ms` then one every

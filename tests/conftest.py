@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from shared.config import Settings, load_settings
 from shared.db.engine import make_engine
 from shared.db.migrate import upgrade
+from shared.db.models import Organization
 from web.api.app import create_app
 
 
@@ -134,3 +135,11 @@ def tenant(client: FlaskClient) -> Tenant:
 @pytest.fixture
 def other_tenant(client: FlaskClient) -> Tenant:
     return register_tenant(client, "Globex")
+
+
+def add_org(db: Session, name: str = "Acme", **fields: Any) -> Organization:
+    """A tenant row, flushed (it has its id); the test's transaction decides the rest."""
+    org = Organization(name=name, **fields)
+    db.add(org)
+    db.flush()
+    return org

@@ -16,8 +16,9 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.config import Settings
-from shared.db.models import CallEvent, Customer, Organization
+from shared.db.models import CallEvent, Customer
 from shared.queue.broker import build_broker
+from tests.conftest import add_org
 from web.api.app import create_app
 
 SECRET = "hubspot-client-secret"
@@ -61,9 +62,7 @@ def hubspot_client(make_client: ClientFactory) -> FlaskClient:
 
 
 def add_customer(db: Session, org_name: str = "Acme", **fields: Any) -> Customer:
-    org = Organization(name=org_name)
-    db.add(org)
-    db.flush()
+    org = add_org(db, org_name)
     values: dict[str, Any] = {
         "phone": PHONE,
         "name": "Grace Hopper",

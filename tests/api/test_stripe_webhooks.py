@@ -20,6 +20,7 @@ from shared.config import Settings
 from shared.db.models import CallEvent, Organization
 from shared.errors import PaymentRequired
 from shared.services import billing
+from tests.conftest import add_org
 from web.api.app import create_app
 
 SECRET = "whsec_test"
@@ -48,8 +49,7 @@ def stripe_client(make_client: ClientFactory) -> FlaskClient:
 
 @pytest.fixture
 def org(db: Session) -> Organization:
-    row = Organization(name="Acme")
-    db.add(row)
+    row = add_org(db)
     db.commit()
     return row
 
@@ -443,8 +443,7 @@ def test_an_invoice_for_an_unknown_customer_is_acknowledged_and_changes_nothing(
 def test_a_customer_already_linked_to_another_organization_is_not_moved(
     stripe_client: FlaskClient, db: Session, org: Organization
 ) -> None:
-    other = Organization(name="Globex", stripe_customer_id="cus_acme")
-    db.add(other)
+    add_org(db, "Globex", stripe_customer_id="cus_acme")
     db.commit()
     before = _snapshot(db, org)
     assert _post(stripe_client, _subscription(org.id, customer="cus_acme")).status_code == 200

@@ -16,18 +16,16 @@ from shared.db.models import (
     Customer,
     KnowledgeEntry,
     Memory,
-    Organization,
 )
 from shared.services import call_context
+from tests.conftest import add_org
 
 CALLER, NUMBER = "+14155550123", "+14155550100"
 
 
 @pytest.fixture
 def agent(db: Session) -> Agent:
-    org = Organization(name="Acme")
-    db.add(org)
-    db.flush()
+    org = add_org(db)
     agent = Agent(
         organization_id=org.id,
         name="Front desk",
@@ -128,9 +126,7 @@ def test_the_calls_ab_variant_persona_replaces_the_agents(db: Session, agent: Ag
 def test_an_ended_call_or_another_tenants_is_not_live(db: Session, agent: Agent) -> None:
     ended = new_call(db, agent, None, status="completed")
     live = new_call(db, agent, None)
-    other = Organization(name="Other")
-    db.add(other)
-    db.flush()
+    other = add_org(db, "Other")
 
     with pytest.raises(call_context.CallNotLive, match="already ended"):
         call_context.load(db, ended.id, agent.organization_id)

@@ -14,9 +14,10 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from scripts.fakes.hubspot_api import CALLS, CONTACTS, FakeHubSpot, start_fake_hubspot
 from shared.config import Settings
-from shared.db.models import Call, Customer, Organization
+from shared.db.models import Call, Customer
 from shared.providers.crm.hubspot import HubSpotClient, engagement_marker, engagement_title
 from shared.services import crm_sync
+from tests.conftest import add_org
 from workers import runtime
 from workers.middleware import DatabaseSession
 
@@ -39,9 +40,7 @@ def client(fake: FakeHubSpot) -> HubSpotClient:
 
 @pytest.fixture
 def call(db: Session) -> Call:
-    org = Organization(name="Acme")
-    db.add(org)
-    db.flush()
+    org = add_org(db)
     customer = Customer(
         organization_id=org.id, phone=CALLER, name="Ada Lovelace", email="ada@example.com"
     )

@@ -30,6 +30,11 @@ def pcm16_to_ulaw(pcm16: bytes) -> bytes:
     return audioop.lin2ulaw(pcm16, SAMPLE_WIDTH)
 
 
+def ulaw_rms(ulaw: bytes) -> int:
+    """Root-mean-square level of μ-law audio, in 16-bit PCM units (about 1 µs a frame)."""
+    return int(audioop.rms(audioop.ulaw2lin(ulaw, SAMPLE_WIDTH), SAMPLE_WIDTH))
+
+
 def pcm16_to_float32(pcm16: bytes) -> np.ndarray:
     """16-bit PCM as float32 samples in [-1, 1) (the input models such as Whisper take)."""
     return np.frombuffer(pcm16, dtype="<i2").astype(np.float32) / 32768.0

@@ -86,7 +86,7 @@ def test_the_stream_opens_with_the_token_and_the_query_nova_3_needs(
 
 
 def test_audio_arrives_intact_and_in_order_in_40_ms_messages(fake: DeepgramLiveFake) -> None:
-    audio = os.urandom(FRAME * 101)
+    audio = os.urandom(FRAME * 101)  # noise: loud all along
     stream = provider(fake.url).open("en-US", Events())
     for i in range(0, len(audio), FRAME):
         stream.send(audio[i : i + FRAME])
@@ -95,8 +95,31 @@ def test_audio_arrives_intact_and_in_order_in_40_ms_messages(fake: DeepgramLiveF
     (session,) = fake.sessions
     assert bytes(session.audio) == audio
     sizes = [size for _, size in session.frames]
-    assert sizes == [2 * FRAME] * 50 + [FRAME]  # the odd 20 ms frame goes out at close
+    # The first loud frame goes at once, then 40 ms messages.
+    assert sizes == [FRAME] + [2 * FRAME] * 50
     assert session.control_types() == ["CloseStream"]
+
+
+def test_a_quiet_line_goes_in_200_ms_messages_and_speech_at_once(
+    fake: DeepgramLiveFake,
+) -> None:
+    silence, speech = b"\xff" * FRAME, b"\x00\x80" * (FRAME // 2)
+    frames = [silence] * 25 + [speech] * 21 + [silence] * 80
+    stream = provider(fake.url).open("en-US", Events())
+    for frame in frames:
+        stream.send(frame)
+    stream.close()
+
+    (session,) = fake.sessions
+    assert bytes(session.audio) == b"".join(frames)
+    sizes = [size for _, size in session.frames]
+    assert sizes == (
+        [10 * FRAME] * 2  # quiet: 200 ms messages
+        + [6 * FRAME]  # the first word flushes the quiet audio before it, at once
+        + [2 * FRAME] * 10  # speech: 40 ms
+        + [2 * FRAME] * 37  # 1.5 s of hang-over, still 40 ms: endpointing is not delayed
+        + [6 * FRAME]  # quiet again: the rest waits for 200 ms, or here the close
+    )
 
 
 def test_results_become_speech_started_interim_final_and_end_of_turn(

@@ -4,6 +4,7 @@ oversized messages, and what it sends."""
 
 from __future__ import annotations
 
+import random
 import socket
 import threading
 from collections.abc import Iterator
@@ -163,3 +164,115 @@ def test_a_peer_that_stops_reading_cannot_hang_a_send(
     sender.start()
     sender.join(5)  # two quiet ping periods (0.4 s) and the watchdog drops the connection
     assert not sender.is_alive() and failure
+
+
+class ScriptedSocket:
+    """A socket whose reads return the given chunks, then EOF; writes are kept."""
+
+    def __init__(self, chunks: list[bytes]) -> None:
+        self.chunks = chunks
+        self.written = bytearray()
+
+    def recv(self, size: int) -> bytes:
+        return self.chunks.pop(0) if self.chunks else b""
+
+    def send(self, data: bytes) -> int:
+        self.written += data
+        return len(data)
+
+    def sendall(self, data: bytes) -> None:
+        self.written += data
+
+    def settimeout(self, timeout: float | None) -> None:
+        """Reads never block here."""
+
+    def shutdown(self, how: int) -> None:
+        """Nothing to shut down."""
+
+
+def receive_all(chunks: list[bytes]) -> tuple[list[bytes], list[Frame]]:
+    """Every message MediaSocket reads from `chunks`, and the frames it sent back."""
+    sock = ScriptedSocket(chunks)
+    media = MediaSocket(Upgraded(sock), max_message_bytes=1024, ping_s=60)  # type: ignore[arg-type]
+    messages: list[bytes] = []
+    with pytest.raises(ConnectionClosed):
+        while True:
+            message = media.receive()
+            assert message is not None
+            messages.append(message)
+    media.close()
+    reader = ClientProtocol(parse_uri("ws://voice/media/telnyx"), state=State.OPEN)
+    reader.receive_data(bytes(sock.written))
+    return messages, [e for e in reader.events_received() if isinstance(e, Frame)]
+
+
+def client_stream(*frames: tuple[Opcode, bytes, bool]) -> bytes:
+    """What a Telnyx client sends for these frames (masked, as clients must)."""
+    protocol = ClientProtocol(parse_uri("ws://voice/media/telnyx"), state=State.OPEN)
+    for opcode, data, fin in frames:
+        if opcode is Opcode.TEXT:
+            protocol.send_text(data, fin=fin)
+        elif opcode is Opcode.BINARY:
+            protocol.send_binary(data, fin=fin)
+        elif opcode is Opcode.CONT:
+            protocol.send_continuation(data, fin=fin)
+        elif opcode is Opcode.PING:
+            protocol.send_ping(data)
+        elif opcode is Opcode.CLOSE:
+            protocol.send_close(1000)
+    return b"".join(protocol.data_to_send())
+
+
+MIXED = (
+    (Opcode.TEXT, b'{"event":"media","n":1}', True),
+    (Opcode.PING, b"p1", True),
+    (Opcode.TEXT, b"x" * 300, True),  # 16-bit length form
+    (Opcode.TEXT, b'{"event":', False),
+    (Opcode.PING, b"p2", True),  # a control frame between fragments
+    (Opcode.CONT, b'"mark"}', True),
+    (Opcode.BINARY, b"\x00\xff" * 10, True),
+    (Opcode.TEXT, b"", True),
+    (Opcode.CLOSE, b"", True),
+)
+MIXED_MESSAGES = [b'{"event":"media","n":1}', b"x" * 300, b'{"event":"mark"}', b"\x00\xff" * 10, b""]
+
+
+@pytest.mark.parametrize("split", ["whole", "bytes", "random"])
+def test_frames_split_anywhere_across_reads_arrive_whole(split: str) -> None:
+    stream = client_stream(*MIXED)
+    if split == "whole":
+        chunks = [stream]
+    elif split == "bytes":
+        chunks = [stream[i : i + 1] for i in range(len(stream))]
+    else:
+        rng, chunks, pos = random.Random(7), [], 0
+        while pos < len(stream):
+            size = rng.randint(1, 40)
+            chunks.append(stream[pos : pos + size])
+            pos += size
+    messages, replies = receive_all(chunks)
+    assert messages == MIXED_MESSAGES
+    assert [(f.opcode, f.data) for f in replies] == [
+        (Opcode.PONG, b"p1"),
+        (Opcode.PONG, b"p2"),
+        (Opcode.CLOSE, (1000).to_bytes(2, "big")),
+    ]
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        bytes([0x81, 5]) + b"hello",  # a client frame without a mask
+        bytes([0xC1, 0x85, 0, 0, 0, 0]) + b"hello",  # RSV1 set, no extension agreed
+        client_stream((Opcode.TEXT, b"a", False)) + client_stream((Opcode.TEXT, b"b", True)),
+    ],
+    ids=["unmasked", "rsv1", "new-message-inside-fragments"],
+)
+def test_protocol_violations_fail_the_stream_with_1002(bad: bytes) -> None:
+    stream = client_stream((Opcode.TEXT, b"first", True)) + bad + client_stream(
+        (Opcode.TEXT, b"never read", True)
+    )
+    messages, replies = receive_all([stream])
+    assert messages == [b"first"]
+    assert replies[-1].opcode is Opcode.CLOSE
+    assert replies[-1].data[:2] == (1002).to_bytes(2, "big")

@@ -1,9 +1,17 @@
 """Deepgram live STT (Nova, `/v1/listen`) over deepgram-sdk 7.x's synchronous socket client.
 
 One websocket per call, opened through `guard("deepgram")`. `send()` sends on it directly,
-in the caller's greenlet (the call's media reader), `send_ms` of audio per message: a queue
-and a sender greenlet cost two more greenlet switches per 20 ms frame, most of an open
-line's CPU, and a send only waits when the socket's kernel buffer (seconds of audio) is full.
+in the caller's greenlet (the call's media reader): a queue and a sender greenlet cost two
+more greenlet switches per 20 ms frame, most of an open line's CPU, and a send only waits
+when the socket's kernel buffer (seconds of audio) is full.
+
+Audio per message (Deepgram takes 20-250 ms): `send_ms` (40) while the caller may be
+speaking, `quiet_send_ms` (200) once the line has been quiet (RMS under `SPEECH_RMS`) for
+`HANGOVER_MS`. A send through the SDK's websocket costs ~65 µs under load (framing, a
+getrandom() for the mask, gevent's sendall), a third of the voice worker's CPU at 100 calls
+when every call sent 25 a second, and most of a call's time is the caller listening. The
+first loud frame flushes at once, so speech reaches Deepgram no later than before, and the
+hang-over outlasts endpointing and utterance-end, so turn ends are not delayed either.
 A keep-alive worker sends KeepAlive after `keepalive_s` without audio; a receiver worker maps
 Deepgram's messages to SttEvents. Both are `threading.Thread`s, i.e. greenlets once gevent
 has patched threading (the voice process), so `on_event` runs in a greenlet there; the SDK's
@@ -34,6 +42,7 @@ from deepgram.listen.v1.types import (
 )
 
 from shared.providers.stt.base import SttEvent, SttEventKind
+from shared.voice.audio import ulaw_rms
 from shared.resilience import ProviderUnavailable, guard
 
 if TYPE_CHECKING:
@@ -44,7 +53,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 BYTES_PER_S = 8000  # μ-law, 8 kHz, mono
-SEND_MS = 40  # audio per message: see the README's voice benchmark for the measurement
+SEND_MS = 40  # audio per message while the caller may be speaking (README: voice benchmark)
+QUIET_SEND_MS = 200  # ... and once the line is quiet
+SPEECH_RMS = 200  # about -44 dBFS: telephone line noise is well under it, speech well over
+HANGOVER_MS = 1500  # quiet this long (more than endpointing + utterance end): a quiet line
 CLOSE_WAIT_S = 3.0
 
 
@@ -73,6 +85,7 @@ class DeepgramStream:
         on_error: Callable[[BaseException], None] | None,
         keepalive_s: float,
         send_ms: int = SEND_MS,
+        quiet_send_ms: int = QUIET_SEND_MS,
     ) -> None:
         self.failed: BaseException | None = None
         self._context, self._socket = connection
@@ -80,6 +93,8 @@ class DeepgramStream:
         self._on_error = on_error
         self._keepalive_s = keepalive_s
         self._send_bytes = max(1, BYTES_PER_S * send_ms // 1000)
+        self._quiet_send_bytes = max(self._send_bytes, BYTES_PER_S * quiet_send_ms // 1000)
+        self._loud_until = 0  # byte count of audio up to which the line counts as live
         self._pending = bytearray()  # audio not sent yet: less than one message
         self._sent_at = time.monotonic()
         self._stopped = threading.Event()
@@ -94,14 +109,21 @@ class DeepgramStream:
         self._receiver = self._spawn(self._receive_loop, "deepgram-receiver")
 
     def send(self, pcmu: bytes) -> None:
-        """Caller audio, sent once `send_ms` of it is here; dropped after close() or a
-        failure."""
+        """Caller audio, sent in messages of `send_ms` (`quiet_send_ms` on a quiet line, see
+        the module docstring); dropped after close() or a failure."""
         if self._closing or self.failed is not None or not pcmu:
             return
+        quiet = self._received >= self._loud_until
         self._received += len(pcmu)
         self._received_at = time.monotonic()
         self._pending += pcmu
-        if len(self._pending) >= self._send_bytes:
+        if ulaw_rms(pcmu) >= SPEECH_RMS:
+            self._loud_until = self._received + BYTES_PER_S * HANGOVER_MS // 1000
+            if quiet:  # speech starts: no batching delay on its first frame
+                self._send_pending()
+                return
+        limit = self._quiet_send_bytes if quiet else self._send_bytes
+        if len(self._pending) >= limit:
             self._send_pending()
 
     def close(self) -> None:
@@ -123,6 +145,8 @@ class DeepgramStream:
 
     # -- sending ---------------------------------------------------------------------
     def _send_pending(self) -> None:
+        if not self._pending:  # an empty message would mean "close" to Deepgram
+            return
         chunk = bytes(self._pending)
         self._pending.clear()
         self._send(lambda: self._socket.send_media(chunk))

@@ -783,6 +783,7 @@ class Phones:
                 call_control_id=ticket.call_control_id,
                 loop=self.loops[index % len(self.loops)],
             )
+            phone.stamp_sent = True  # lag from when a frame left, not from its slot
             phone.connect()
             caller = Caller(
                 index, phone, self.stop, turns=turns, hold=hold, windows=windows, seed=index
@@ -1113,7 +1114,7 @@ def run_ramp(ctx: Context) -> list[str]:
         f"{args.window:.0f} s window per step after {args.settle:.0f} s settling; {quiet}; "
         f"after: {load_line()}",
         "  lag = worst inbound frame lateness per call-second (voice_inbound_frame_lag_seconds, "
-        "bucketed); >20ms = call-seconds with a frame later than 20 ms; under = agent-audio gaps "
+        "bucketed; from when the phone sent the frame, see ph.lag for the phones' own); >20ms = call-seconds with a frame later than 20 ms; under = agent-audio gaps "
         f"> {1000 * UNDERRUN_GAP_S:.0f} ms inside a turn; clear = caller speech start -> clear "
         f"at the phone (incl. Deepgram's {ctx.times.stt_ms:.0f} ms); cpu in % of one core; "
         "ph.lag = the phones' own worst send lateness",

@@ -28,10 +28,10 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
-from scripts.fakes.http_fake import Recorded
+from scripts.fakes.http_fake import FakeHTTPServer, Recorded
 
 PATH = "/openai/v1/chat/completions"
 DEFAULT_API_KEY = "gsk_test"  # the fake's own credential, not a secret
@@ -99,8 +99,7 @@ class FakeGroqLlm:
         self._queue: list[Reply] = []
         self._lock = threading.Lock()
         self._abort = threading.Condition(self._lock)
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
-        self._server.daemon_threads = True
+        self._server = FakeHTTPServer(("127.0.0.1", 0), _handler(self))
         self._thread = threading.Thread(target=self._serve, daemon=True)
 
     @property

@@ -34,6 +34,15 @@ class Reply:
 Route = Callable[[Recorded], Reply]
 
 
+class FakeHTTPServer(ThreadingHTTPServer):
+    """ThreadingHTTPServer with a listen backlog for a benchmark's worth of clients: the
+    default (5) drops connection attempts when a hundred calls dial within seconds, and
+    the client's SYN retry (1 s, then 3 s) looks like a provider outage."""
+
+    request_queue_size = 1024
+    daemon_threads = True
+
+
 class HttpFake:
     """`route(method, path, recorded) -> Reply` answers; `fail_next` queues failures first."""
 
@@ -42,8 +51,7 @@ class HttpFake:
         self.requests: list[Recorded] = []
         self.failures: list[Reply] = []
         self._lock = threading.Lock()
-        self._server = ThreadingHTTPServer(("127.0.0.1", port), self._handler())
-        self._server.daemon_threads = True
+        self._server = FakeHTTPServer(("127.0.0.1", port), self._handler())
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
     @property

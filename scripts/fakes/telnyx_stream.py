@@ -34,6 +34,11 @@ class TelnyxStream:
     """One media stream as Telnyx opens it. Public methods may be called from any thread;
     the lock guards everything, and `_changed` is notified on every recorded event."""
 
+    # media.timestamp: the frame's slot on the 20 ms schedule, as Telnyx stamps it; or, when
+    # True, when it actually left. A load generator sets it so that its own lateness (its
+    # threads behind schedule on a busy machine) is not counted as the server's frame lag.
+    stamp_sent = False
+
     def __init__(
         self,
         url: str,
@@ -190,7 +195,10 @@ class TelnyxStream:
         """Send one inbound media frame; `at` is its slot on the monotonic clock."""
         self._seq += 1
         self._chunk += 1
-        self._ts = max(self._ts + 20, round((at - self._t0) * 1000))
+        if self.stamp_sent:
+            self._ts = max(self._ts, round((time.monotonic() - self._t0) * 1000))
+        else:
+            self._ts = max(self._ts + 20, round((at - self._t0) * 1000))
         self._write(self._media_tpl % (self._seq, self._chunk, self._ts, payload))
         self.frames_sent += 1
 

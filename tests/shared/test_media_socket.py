@@ -234,7 +234,13 @@ MIXED = (
     (Opcode.TEXT, b"", True),
     (Opcode.CLOSE, b"", True),
 )
-MIXED_MESSAGES = [b'{"event":"media","n":1}', b"x" * 300, b'{"event":"mark"}', b"\x00\xff" * 10, b""]
+MIXED_MESSAGES = [
+    b'{"event":"media","n":1}',
+    b"x" * 300,
+    b'{"event":"mark"}',
+    b"\x00\xff" * 10,
+    b"",
+]
 
 
 @pytest.mark.parametrize("split", ["whole", "bytes", "random"])
@@ -269,8 +275,10 @@ def test_frames_split_anywhere_across_reads_arrive_whole(split: str) -> None:
     ids=["unmasked", "rsv1", "new-message-inside-fragments"],
 )
 def test_protocol_violations_fail_the_stream_with_1002(bad: bytes) -> None:
-    stream = client_stream((Opcode.TEXT, b"first", True)) + bad + client_stream(
-        (Opcode.TEXT, b"never read", True)
+    stream = (
+        client_stream((Opcode.TEXT, b"first", True))
+        + bad
+        + client_stream((Opcode.TEXT, b"never read", True))
     )
     messages, replies = receive_all([stream])
     assert messages == [b"first"]

@@ -964,6 +964,8 @@ class StepResult:
     cpu: dict[str, float]
     rss_mb: float
     phone_lag_ms: float  # the phones' own worst lateness sending a frame
+    gc_stalls: float  # the worker's garbage collections longer than LAG_LIMIT_S
+    gc_worst: str  # and the longest one's bucket
     v2v: list[float]
     answered: float  # share of questions answered
     questions_per_s: float
@@ -1021,6 +1023,7 @@ def measure_step(
     windows.close()
     time.sleep(GRACE_S)
     lag = histogram_delta(before, after, "voice_inbound_frame_lag_seconds")
+    gc_pauses = histogram_delta(before, after, "voice_gc_pause_seconds")
     gaps = [underruns(c.phone, since, until) for c in phones.callers]
     clears = windows.clears.get(step, [])
     asked = sum(c.asked for c in phones.callers) - asked_before
@@ -1029,6 +1032,8 @@ def measure_step(
         calls=len(phones.callers),
         lag=lag,
         late_frames=lag.above(LAG_LIMIT_S),
+        gc_stalls=gc_pauses.above(LAG_LIMIT_S),
+        gc_worst=gc_pauses.worst_bucket(),
         underruns=sum(len(g) for g in gaps),
         calls_with_underruns=sum(1 for g in gaps if g),
         clears=[c for c in clears if c is not None],
@@ -1050,7 +1055,7 @@ def step_header() -> str:
         f"  {'calls':>5} {'lag p50':>7} {'p99':>6} {'worst':>8} {'>20ms':>5} {'under':>5} "
         f"{'clear n':>7} {'p50':>5} {'max':>5} {'miss':>4} {'v2v p50':>7} {'p95':>5} "
         f"{'ans%':>4} {'cpu voice':>9} {'/call':>5} {'fakes':>5} {'phones':>6} {'machine':>7} "
-        f"{'rss MB':>6} {'ph.lag':>6}  ok"
+        f"{'rss MB':>6} {'ph.lag':>6} {'gc>20ms':>7} {'gc max':>8}  ok"
     )
 
 
@@ -1063,7 +1068,8 @@ def step_row(r: StepResult) -> str:
         f"{r.clears_missing:>4} {pct(r.v2v, 50):>5.0f}ms {pct(r.v2v, 95):>3.0f}ms "
         f"{100 * r.answered:>4.0f} {r.cpu.get('voice', math.nan):>8.0f}% {r.cpu_per_call:>5.2f} "
         f"{fakes:>4.0f}% {r.cpu.get('phones', math.nan):>5.0f}% {r.cpu.get('machine', math.nan):>6.0f}% "
-        f"{r.rss_mb:>6.0f} {r.phone_lag_ms:>4.0f}ms  {'yes' if r.ok else 'NO'}"
+        f"{r.rss_mb:>6.0f} {r.phone_lag_ms:>4.0f}ms {r.gc_stalls:>7.0f} {r.gc_worst:>8}  "
+        f"{'yes' if r.ok else 'NO'}"
         + (f"  fallbacks {r.fallbacks}" if r.fallbacks else "")
         + (f"  errors {len(r.errors)}: {r.errors[0]}" if r.errors else "")
     )
@@ -1114,7 +1120,8 @@ def run_ramp(ctx: Context) -> list[str]:
         f"{args.window:.0f} s window per step after {args.settle:.0f} s settling; {quiet}; "
         f"after: {load_line()}",
         "  lag = worst inbound frame lateness per call-second (voice_inbound_frame_lag_seconds, "
-        "bucketed; from when the phone sent the frame, see ph.lag for the phones' own); >20ms = call-seconds with a frame later than 20 ms; under = agent-audio gaps "
+        "bucketed; from when the phone sent the frame, see ph.lag for the phones' own); gc>20ms "
+        "= the worker's garbage collections longer than 20 ms (voice_gc_pause_seconds); >20ms = call-seconds with a frame later than 20 ms; under = agent-audio gaps "
         f"> {1000 * UNDERRUN_GAP_S:.0f} ms inside a turn; clear = caller speech start -> clear "
         f"at the phone (incl. Deepgram's {ctx.times.stt_ms:.0f} ms); cpu in % of one core; "
         "ph.lag = the phones' own worst send lateness",

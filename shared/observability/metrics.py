@@ -117,6 +117,12 @@ VOICE_INBOUND_FRAME_LAG = Histogram(
     "against its Telnyx timestamp and the call's earliest frame (0: on its 20 ms schedule)",
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
 )
+VOICE_GC_PAUSE = Histogram(
+    "voice_gc_pause_seconds",
+    "Garbage collections in the voice worker, by how long each held the interpreter: "
+    "every call's audio waits meanwhile",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25),
+)
 VOICE_ACTIVE_CALLS = Gauge("voice_active_calls", "Calls in progress", multiprocess_mode="livesum")
 VOICE_BARGE_INS = Counter("voice_barge_ins_total", "Agent audio cut by caller speech")
 VOICE_FALLBACKS = Counter(

@@ -36,9 +36,10 @@ from collections.abc import Callable
 from typing import Any
 
 from simple_websocket import ConnectionClosed
-from websockets.frames import Frame, Opcode, apply_mask
+from websockets.frames import Frame, Opcode
 from websockets.protocol import State
 from websockets.server import ServerProtocol
+from websockets.speedups import apply_mask  # C; websockets builds it on every platform we use
 
 RECV_BYTES = 65536
 _DATA = (Opcode.TEXT, Opcode.BINARY, Opcode.CONT)

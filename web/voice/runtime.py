@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import gc
 import logging
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import dramatiq
 import gevent
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.config import Settings
+from shared.observability.metrics import VOICE_GC_PAUSE
 from shared.providers.registry import ProviderSet
 from shared.queue.broker import enqueue
 from shared.queue.tasks import CALL_CONTROL
@@ -27,6 +31,22 @@ def freeze_long_lived_objects() -> None:
     GIL held: a stall of every call's audio in the process."""
     gc.collect()
     gc.freeze()
+
+
+def watch_gc_pauses() -> Callable[[str, dict[str, Any]], None]:
+    """Observe every collection's pause in `voice_gc_pause_seconds`: a full collection
+    walks every call's long-lived objects (~700 a call) with all audio waiting. Returns
+    the callback installed in `gc.callbacks`."""
+    started = [0.0]
+
+    def on_gc(phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            started[0] = time.perf_counter()
+        else:
+            VOICE_GC_PAUSE.observe(time.perf_counter() - started[0])
+
+    gc.callbacks.append(on_gc)
+    return on_gc
 
 
 @dataclass
@@ -49,6 +69,7 @@ class VoiceRuntime:
             # hub (and any early call) responsive meanwhile.
             gevent.get_hub().threadpool.spawn(self.providers.warm_up).get()
             freeze_long_lived_objects()
+            watch_gc_pauses()
             self.ready = True
 
         return gevent.spawn(load)

@@ -42,8 +42,8 @@ from deepgram.listen.v1.types import (
 )
 
 from shared.providers.stt.base import SttEvent, SttEventKind
-from shared.voice.audio import ulaw_rms
 from shared.resilience import ProviderUnavailable, guard
+from shared.voice.audio import ulaw_rms
 
 if TYPE_CHECKING:
     from deepgram.listen.v1.socket_client import V1SocketClient

@@ -1204,7 +1204,7 @@ def chunk_run(ctx: Context, chunk: int, idle: bool) -> tuple[StepResult, str]:
 # --- py-spy ----------------------------------------------------------------------------
 
 CATEGORIES = (  # (label, path fragments), first match wins, by the sampled leaf frame
-    ("websocket to Telnyx (simple_websocket, wsproto)", ("simple_websocket", "wsproto")),
+    ("websocket to Telnyx (media_socket, websockets protocol)", ("web/voice/media_socket.py",)),
     ("flask-sock / werkzeug / gunicorn", ("flask_sock", "werkzeug", "gunicorn", "flask/")),
     ("provider sockets (websockets, deepgram sdk)", ("websockets/", "deepgram/")),
     ("Cartesia sdk", ("cartesia/",)),
@@ -1225,8 +1225,7 @@ CATEGORIES = (  # (label, path fragments), first match wins, by the sampled leaf
 
 
 ACTIVITIES = (  # (label, (file fragment, function)) found anywhere in the stack, first wins
-    ("Telnyx socket reader (simple-websocket/wsproto)", ("simple_websocket/ws.py", "_thread")),
-    ("caller audio -> Deepgram (sender greenlet)", ("stt/deepgram.py", "_send_loop")),
+    ("caller audio -> Deepgram (from the frame handler)", ("stt/deepgram.py", "send")),
     ("Deepgram results (receiver)", ("stt/deepgram.py", "_receive_loop")),
     ("frame handler: parse, reorder, hand to STT", ("web/voice/media.py", "_read")),
     ("agent audio out: playout pacer, media+mark", ("voice/playout.py", "run")),

@@ -33,7 +33,8 @@ from web.voice.runtime import VoiceRuntime
 log = logging.getLogger(__name__)
 POLICY_VIOLATION = 1008
 START_TIMEOUT = 10.0
-MAX_FRAMES_PER_SECOND = 250  # Telnyx sends 50 (20 ms frames); far more is a flood
+FLOOD_RATE = 60.0  # frames a second: Telnyx sends 50 (20 ms each); 20 % of slack
+FLOOD_SLACK = 500  # frames (10 s of audio) that may come in a burst after a stall
 MAX_MESSAGE_BYTES = 64 * 1024  # media frames are ~300 bytes; nothing legitimate comes near
 PING_S = 25.0
 
@@ -132,8 +133,23 @@ class FrameLag:
             self.worst, self.window_end = 0.0, timestamp_ms + self.WINDOW_MS
 
 
+class FloodGuard:
+    """A flood is more frames than real time allows: over `rate` a second since the stream
+    started, plus `slack`. Counted from the start, not per second: after a stall (the
+    network, or this process) the backlog arrives in one burst, which is not a flood as
+    long as the total stays in line with the time elapsed."""
+
+    def __init__(self, started: float, rate: float = FLOOD_RATE, slack: int = FLOOD_SLACK):
+        self.started, self.rate, self.slack = started, rate, slack
+        self.frames = 0
+
+    def flooding(self, now: float) -> bool:
+        self.frames += 1
+        return self.frames > self.slack + self.rate * (now - self.started)
+
+
 def _read(ws: MediaSocket, loop: CallLoop, call_id: str) -> None:
-    window_start, frames = time.monotonic(), 0
+    flood = FloodGuard(time.monotonic())
     lag = FrameLag()
     while True:
         try:
@@ -144,14 +160,11 @@ def _read(ws: MediaSocket, loop: CallLoop, call_id: str) -> None:
         if raw is None:
             continue
         arrived = time.monotonic()
-        frames += 1
-        if frames > MAX_FRAMES_PER_SECOND:
-            if time.monotonic() - window_start < 1.0:
-                VOICE_BAD_FRAMES.labels("flood").inc()
-                log.warning("media stream flooding: closing it", extra={"call_id": call_id})
-                ws.close(POLICY_VIOLATION, "too many frames")
-                return
-            window_start, frames = time.monotonic(), 0
+        if flood.flooding(arrived):
+            VOICE_BAD_FRAMES.labels("flood").inc()
+            log.warning("media stream flooding: closing it", extra={"call_id": call_id})
+            ws.close(POLICY_VIOLATION, "too many frames")
+            return
         try:
             frame = tm.parse(raw)
         except tm.ProtocolError as exc:

@@ -96,6 +96,11 @@ class _Connection:
                     log.warning("Cartesia sent a message that is not JSON; ignored")
                     continue
                 self._route(event)
+                # Cartesia sends a sentence's audio faster than real time: many messages
+                # are often already here, and without a yield this reader would parse them
+                # all (~100 µs each) while every other call's frames wait. Under gevent
+                # this lets the hub run in between; on plain threads it is a no-op.
+                time.sleep(0)
         except ConnectionClosed as exc:
             reason = (
                 f"Cartesia connection closed ({exc.rcvd.code if exc.rcvd else 'no close frame'})"

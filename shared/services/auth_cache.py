@@ -31,6 +31,7 @@ import psycopg
 from sqlalchemy import Engine, make_url, text
 from sqlalchemy.orm import Session
 
+from shared.background import start_worker
 from shared.observability.metrics import AUTH_CACHE_LOOKUPS
 
 log = logging.getLogger(__name__)
@@ -99,9 +100,8 @@ class AuthCache:
             if self._started:
                 return
             self._started = True
-        # A thread (a greenlet under gevent's patching) started on first use, so a
-        # forked server worker gets its own after the fork.
-        threading.Thread(target=self._listen_forever, name="auth-cache", daemon=True).start()
+        # Started on first use, so a forked server worker gets its own after the fork.
+        start_worker(self._listen_forever, "auth-cache")
 
     def _listen_forever(self) -> None:
         backoff = MIN_BACKOFF_S

@@ -41,6 +41,8 @@ from websockets.protocol import State
 from websockets.server import ServerProtocol
 from websockets.speedups import apply_mask  # C; websockets builds it on every platform we use
 
+from shared.background import start_worker
+
 RECV_BYTES = 65536
 _DATA = (Opcode.TEXT, Opcode.BINARY, Opcode.CONT)
 _WHOLE_DATA = (0x81, 0x82)  # first header byte: FIN, no RSV bits, text or binary
@@ -90,8 +92,7 @@ class MediaSocket:
         self._timeout: float | None = None  # the socket's own, for receive(timeout) only
         self._heard = False  # something arrived since the watchdog last looked
         self._stopped = threading.Event()
-        self._watchdog = threading.Thread(target=self._watch, name="media-ping", daemon=True)
-        self._watchdog.start()
+        self._watchdog = start_worker(self._watch, "media-ping")
 
     def receive(self, timeout: float | None = None) -> bytes | None:
         """The next message (text as its UTF-8 bytes), None after `timeout` s without any
@@ -198,7 +199,7 @@ class MediaSocket:
                 pinged = True
                 # Its own thread: if the peer stopped reading, this send may never return,
                 # and the watchdog must still get to the shutdown that ends it.
-                threading.Thread(target=self._ping, name="media-ping-send", daemon=True).start()
+                start_worker(self._ping, "media-ping-send")
             else:
                 self._drop()
                 return

@@ -13,8 +13,8 @@ when every call sent 25 a second, and most of a call's time is the caller listen
 first loud frame flushes at once, so speech reaches Deepgram no later than before, and the
 hang-over outlasts endpointing and utterance-end, so turn ends are not delayed either.
 A keep-alive worker sends KeepAlive after `keepalive_s` without audio; a receiver worker maps
-Deepgram's messages to SttEvents. Both are `threading.Thread`s, i.e. greenlets once gevent
-has patched threading (the voice process), so `on_event` runs in a greenlet there; the SDK's
+Deepgram's messages to SttEvents. Both are `start_worker`s: greenlets in the voice process,
+so `on_event` runs in a greenlet there, threads elsewhere; the SDK's
 websocket (websockets' sync client) runs on the patched sockets and its own reader thread
 becomes a greenlet too.
 
@@ -41,6 +41,7 @@ from deepgram.listen.v1.types import (
     ListenV1UtteranceEnd,
 )
 
+from shared.background import start_worker
 from shared.providers.stt.base import SttEvent, SttEventKind
 from shared.resilience import ProviderUnavailable, guard
 from shared.voice.audio import ulaw_rms
@@ -105,8 +106,8 @@ class DeepgramStream:
         self._received_at = time.monotonic()
         self._turn: list[str] = []
         self._turn_end_s = 0.0  # audio time of the turn's last word
-        self._keepalive = self._spawn(self._keepalive_loop, "deepgram-keepalive")
-        self._receiver = self._spawn(self._receive_loop, "deepgram-receiver")
+        self._keepalive = start_worker(self._keepalive_loop, "deepgram-keepalive")
+        self._receiver = start_worker(self._receive_loop, "deepgram-receiver")
 
     def send(self, pcmu: bytes) -> None:
         """Caller audio, sent in messages of `send_ms` (`quiet_send_ms` on a quiet line, see
@@ -246,12 +247,6 @@ class DeepgramStream:
             self._context.__exit__(None, None, None)
         except Exception as exc:  # the socket is gone either way
             log.debug("closing the Deepgram socket: %r", exc)
-
-    @staticmethod
-    def _spawn(target: Callable[[], None], name: str) -> threading.Thread:
-        thread = threading.Thread(target=target, name=name, daemon=True)
-        thread.start()
-        return thread
 
 
 class DeepgramStt:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import logging
 import math
 import queue
-import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -25,6 +24,7 @@ from typing import TypeVar
 
 import numpy as np
 
+from shared.background import start_worker
 from shared.providers.offload import off_hub
 from shared.providers.stt.base import SttEvent, SttEventKind
 from shared.providers.stt.whisper import RATE, Whisper, load_whisper
@@ -138,9 +138,7 @@ class LocalSttStream:
         self._segments: queue.Queue[Segment | None] = queue.Queue()
         self._turn: list[str] = []
         self._closed = False
-        # A greenlet when gevent has patched threading (the voice process).
-        self._worker = threading.Thread(target=self._transcribe_all, name="stt-local", daemon=True)
-        self._worker.start()
+        self._worker = start_worker(self._transcribe_all, "stt-local")
 
     def send(self, pcmu: bytes) -> None:
         """Feed 8 kHz μ-law; runs the VAD on every complete 32 ms window."""

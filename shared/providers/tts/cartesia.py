@@ -27,6 +27,7 @@ from cartesia import Cartesia
 from cartesia.resources.tts import WebSocketContext
 from websockets.exceptions import ConnectionClosed
 
+from shared.background import start_worker
 from shared.providers.tls import client_context
 from shared.resilience import ProviderUnavailable, guard
 
@@ -69,7 +70,7 @@ class _Connection:
         self.sdk = sdk
         self.alive = True
         self._turns: dict[str, queue.Queue[Any]] = {}
-        threading.Thread(target=self._read, name="cartesia-reader", daemon=True).start()
+        start_worker(self._read, "cartesia-reader")
 
     def register(self, context_id: str) -> queue.Queue[Any]:
         events: queue.Queue[Any] = queue.Queue()

@@ -15,13 +15,13 @@ from __future__ import annotations
 import json
 import logging
 import queue
-import threading
 from collections.abc import Iterator
 from functools import cache
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
+from shared.background import start_worker
 from shared.providers.offload import native_lock, off_hub
 from shared.voice.audio import Resampler, pcm16_to_ulaw
 
@@ -111,8 +111,7 @@ class PiperTurn:
         self._audio: queue.Queue[Any] = queue.Queue()
         self._cancelled = False
         self._ended = False
-        self._producer = threading.Thread(target=self._produce, name="piper-turn", daemon=True)
-        self._producer.start()
+        self._producer = start_worker(self._produce, "piper-turn")
 
     def push(self, text: str) -> None:
         """Queue the next piece of text; ignored after `end()` or `cancel()`."""

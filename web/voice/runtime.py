@@ -33,14 +33,15 @@ def freeze_long_lived_objects() -> None:
     Then promote less: with the default thresholds (700, 10, 10) a middle-generation
     collection runs every ~7,000 allocations, a few ms at 100 calls, so a reply's objects
     (they live seconds) reach the oldest generation and set off full collections, which
-    walk every call's ~700 long-lived objects: 40 ms at 100 calls, up to 100 ms at 160.
-    With 100 young collections per middle one, benchmark (b) saw no full collection in
-    its windows at 100-160 calls; middle ones took 18-30 ms every ~20 s, and the worst
-    frame lag at 160 calls fell from 188 to 45 ms (README: voice benchmark)."""
+    walk every call's long-lived objects: 40 ms at 100 calls, up to 100 ms at 160. With 50
+    young collections per middle one (100 tried too: middle collections of 18-32 ms) the
+    benchmark's windows at 140-180 calls saw at most one pause over 20 ms, and frame lag
+    p99 at 160 calls fell from 188 ms to 45-60 ms (README: voice benchmark).
+    """
     gc.collect()
     gc.freeze()
     young, _, oldest = gc.get_threshold()
-    gc.set_threshold(young, 100, oldest)
+    gc.set_threshold(young, 50, oldest)
 
 
 def watch_gc_pauses() -> Callable[[str, dict[str, Any]], None]:

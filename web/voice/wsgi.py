@@ -1,7 +1,5 @@
 """gunicorn entry point of the `voice` process (one gevent worker holds every live call)."""
 
-import gc
-
 from shared.config import load_settings
 from shared.db.engine import make_autocommit_session_factory, make_engine
 from shared.observability.logging import setup_logging
@@ -28,7 +26,3 @@ runtime = VoiceRuntime(
 )
 runtime.warm_up()
 app = create_app(settings, runtime)
-# Everything loaded so far (modules, models, SDK types) lives as long as the process: out
-# of the collector's sight, so a full collection walks only call-time objects instead of
-# stalling every call for the whole heap.
-gc.freeze()

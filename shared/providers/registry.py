@@ -7,6 +7,7 @@ real provider fails. Real SDK modules are imported only when configured.
 from __future__ import annotations
 
 import logging
+import platform
 from dataclasses import dataclass
 from typing import Any
 
@@ -81,13 +82,19 @@ def build_embeddings(settings: Settings) -> EmbeddingsProvider:
     return LocalEmbeddings()
 
 
-def _share_tls(settings: Settings, real_tts: bool) -> None:
-    """Build the TLS context (and Cartesia's SDK client) now, at start-up, once: each costs
-    ~45 ms of CPU that would otherwise stall the calls in progress (see tls.py)."""
+def _pay_start_up_costs(settings: Settings, real_tts: bool) -> None:
+    """Pay now, at start-up, once, for what the first call would otherwise pay while other
+    calls wait (under gevent, CPU spent in one call stalls them all):
+    - the TLS context (and Cartesia's SDK client): ~45 ms of CPU each (see tls.py);
+    - the platform the groq and cartesia SDKs report in headers on their first request:
+      Python's `platform` learns the processor by running `uname -p`, a fork of the whole
+      voice process, which stalled every call for ~30 ms when the first call spoke (seen in
+      the voice benchmark's greenlet traces). Cached for the process from then on."""
     from shared.providers.tls import client_context, share_with_websockets
 
     share_with_websockets()
     client_context()
+    platform.platform()
     if real_tts and settings.cartesia_api_key:
         from shared.providers.tts.cartesia import DEFAULT_URL, sdk_client
 
@@ -115,8 +122,8 @@ def build_providers(settings: Settings) -> ProviderSet:
 
         sentiment = GroqSentiment.from_settings(settings)
     real_tts = uses_real(settings.tts_provider, settings.cartesia_api_key)
-    if real_tts or stt is not local_stt:
-        _share_tls(settings, real_tts)
+    if real_tts or any(p.name != "local" for p in (stt, llm, sentiment)):
+        _pay_start_up_costs(settings, real_tts)
     providers = ProviderSet(
         settings=settings,
         embeddings=embeddings,

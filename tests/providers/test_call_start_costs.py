@@ -1,6 +1,7 @@
 """What a call start must not pay for: under gevent, CPU spent when a call starts stalls
 every other call in the voice process. A TLS context (~45 ms), an SDK client, an SDK's
-lazily imported modules (~12-24 ms) are built once, at start-up."""
+lazily imported modules (~12-24 ms), the SDKs' platform headers (a fork of the process) are
+built once, at start-up."""
 
 from __future__ import annotations
 
@@ -46,13 +47,36 @@ print(sorted(set(sys.modules) - loaded))
 """
 
 
-def test_the_sdk_modules_a_call_uses_are_imported_at_start_up() -> None:
+CHECK_NO_FORK_AT_FIRST_REQUEST = """
+import subprocess
+from shared.config import load_settings
+from shared.providers.registry import build_providers
+keys = {"deepgram_api_key": "dg", "groq_api_key": "gsk_x", "cartesia_api_key": "sk_x"}
+providers = build_providers(load_settings().model_copy(update=keys))
+started = []
+def no_process(self, args, *rest, **kwargs):  # the SDKs swallow errors here: record it
+    started.append(args)
+    raise OSError("no process may start once the calls run")
+subprocess.Popen.__init__ = no_process
+call = providers.for_call()
+for client in (providers.llm._client, providers.sentiment._client, call.tts.current._client):
+    client.platform_headers()  # what each SDK computes for its first request
+print(started)
+"""
+
+
+def run_check(script: str) -> str:
+    """`script` in a fresh interpreter (cold caches, as a voice worker starts); its last line."""
     done = subprocess.run(  # noqa: S603  # this interpreter, our own script
-        [sys.executable, "-c", CHECK_NO_LAZY_IMPORTS],
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=120,
+        [sys.executable, "-c", script], check=False, capture_output=True, text=True, timeout=120
     )
     assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.strip().splitlines()[-1] == "[]"
+    return done.stdout.strip().splitlines()[-1]
+
+
+def test_the_sdk_modules_a_call_uses_are_imported_at_start_up() -> None:
+    assert run_check(CHECK_NO_LAZY_IMPORTS) == "[]"
+
+
+def test_the_sdks_platform_headers_are_known_before_the_first_call() -> None:
+    assert run_check(CHECK_NO_FORK_AT_FIRST_REQUEST) == "[]"

@@ -1426,7 +1426,7 @@ def _parse_args() -> argparse.Namespace:
     parser.add_argument("--profile-calls", type=int, default=30, help="py-spy at this step")
     parser.add_argument("--profile-seconds", type=float, default=10.0)
     parser.add_argument("--chunk-sizes", type=_ints, default=[20, 40, 100])
-    parser.add_argument("--chunk-calls", type=int, default=30)
+    parser.add_argument("--chunk-calls", type=int, default=30, help="0: no chunk-size runs")
     parser.add_argument("--c-calls", type=int, default=3)
     parser.add_argument("--c-turns", type=int, default=4, help="questions per call in (c)")
     parser.add_argument(
@@ -1488,7 +1488,8 @@ def main() -> int:
                         print("\n".join(run_a(ctx)), flush=True)
                     if "b" in phases:
                         print("\n".join(run_ramp(ctx)), flush=True)
-                        print("\n".join(run_chunks(ctx)), flush=True)
+                        if args.chunk_calls > 0:  # 0: the ramp only
+                            print("\n".join(run_chunks(ctx)), flush=True)
             if "c" in phases:
                 print("\n".join(run_c(ctx)), flush=True)
         finally:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
+import threading
 import time
-from collections.abc import Callable
+from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,6 +15,7 @@ import dramatiq
 import gevent
 from sqlalchemy.orm import Session, sessionmaker
 
+from shared.background import start_worker
 from shared.config import Settings
 from shared.observability.metrics import VOICE_GC_PAUSE
 from shared.providers.registry import ProviderSet
@@ -44,20 +47,50 @@ def freeze_long_lived_objects() -> None:
     gc.set_threshold(young, 50, oldest)
 
 
-def watch_gc_pauses() -> Callable[[str, dict[str, Any]], None]:
-    """Observe every collection's pause in `voice_gc_pause_seconds`: a full collection
-    walks every call's long-lived objects (~700 a call) with all audio waiting. Returns
-    the callback installed in `gc.callbacks`."""
-    started = [0.0]
+class GcPauses:
+    """Times every collection for `voice_gc_pause_seconds` (a full collection walks every
+    call's long-lived objects, ~600 a call, with all audio waiting), and observes the
+    times later, in `flush()`, never in the gc callback itself. A collection starts inside
+    whichever allocation set it off, which can be inside prometheus_client's update of a
+    value, under its non-reentrant lock: observing from the callback then waited on that
+    lock forever, and with it every greenlet that touched a metric. The benchmark caught
+    the voice process frozen so: every call silent, the worker's CPU at 0."""
 
-    def on_gc(phase: str, info: dict[str, Any]) -> None:
+    def __init__(self) -> None:
+        self._started = 0.0
+        # The callback only appends (no lock; a float is not even tracked by the
+        # collector); at most a few seconds of pauses wait here for flush().
+        self._pauses: deque[float] = deque(maxlen=4096)
+        self._stopped = threading.Event()
+
+    def on_gc(self, phase: str, info: dict[str, Any]) -> None:
         if phase == "start":
-            started[0] = time.perf_counter()
+            self._started = time.perf_counter()
         else:
-            VOICE_GC_PAUSE.observe(time.perf_counter() - started[0])
+            self._pauses.append(time.perf_counter() - self._started)
 
-    gc.callbacks.append(on_gc)
-    return on_gc
+    def flush(self) -> None:
+        while self._pauses:
+            VOICE_GC_PAUSE.observe(self._pauses.popleft())
+
+    def flush_until_closed(self, interval_s: float) -> None:
+        while not self._stopped.wait(interval_s):
+            self.flush()
+
+    def close(self) -> None:
+        """Stop timing (the callback leaves `gc.callbacks`) and stop the flushing."""
+        with contextlib.suppress(ValueError):
+            gc.callbacks.remove(self.on_gc)
+        self._stopped.set()
+        self.flush()
+
+
+def watch_gc_pauses(flush_s: float = 1.0) -> GcPauses:
+    """Time every collection from now on; observed every `flush_s` by a background worker."""
+    pauses = GcPauses()
+    gc.callbacks.append(pauses.on_gc)
+    start_worker(lambda: pauses.flush_until_closed(flush_s), "gc-pauses")
+    return pauses
 
 
 @dataclass

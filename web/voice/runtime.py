@@ -70,8 +70,12 @@ class GcPauses:
             self._pauses.append(time.perf_counter() - self._started)
 
     def flush(self) -> None:
-        while self._pauses:
-            VOICE_GC_PAUSE.observe(self._pauses.popleft())
+        while True:
+            try:  # popleft alone: a flush running beside this one may take the last
+                pause = self._pauses.popleft()
+            except IndexError:
+                return
+            VOICE_GC_PAUSE.observe(pause)
 
     def flush_until_closed(self, interval_s: float) -> None:
         while not self._stopped.wait(interval_s):

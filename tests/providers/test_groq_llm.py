@@ -211,6 +211,37 @@ def test_streams_run_concurrently_and_reuse_a_kept_alive_connection(
     assert max(first for first, _, _ in spans) < min(end for _, end, _ in spans)
 
 
+def test_connections_stay_open_for_as_many_replies_as_stream_at_once(
+    fake: FakeGroqLlm, llm: GroqLlm
+) -> None:
+    """40 replies at once, twice: the second round reuses the first round's 40 connections
+    (the SDK's default pool keeps only 20, and would open 20 new ones)."""
+    streams = 40
+
+    def round_of_replies() -> None:
+        together = threading.Barrier(streams, timeout=30)
+        texts: list[str] = []
+
+        def converse() -> None:
+            events = llm.stream(CONTEXT, HISTORY)
+            first = next(events)
+            together.wait()  # every reply holds its connection at the same time
+            texts.append(text_of([first, *events]))
+
+        threads = [threading.Thread(target=converse) for _ in range(streams)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert texts == ["one two"] * streams
+
+    fake.script(*[TextReply("one two", 0, 0) for _ in range(2 * streams)])
+    round_of_replies()
+    assert fake.connections == streams
+    round_of_replies()
+    assert fake.connections == streams
+
+
 def test_a_rate_limit_with_retry_after_is_retried_when_opening(
     fake: FakeGroqLlm, llm: GroqLlm, waits: list[float]
 ) -> None:

@@ -12,10 +12,10 @@ import math
 import re
 from typing import Any
 
-from groq import Groq
 from groq.types.chat import ChatCompletion
 
 from shared.config import Settings
+from shared.providers.groq_client import groq_client
 from shared.resilience import guard
 
 PROVIDER = "groq"
@@ -70,8 +70,7 @@ class GroqSentiment:
         self, api_key: str, base_url: str | None = None, model: str = DEFAULT_MODEL
     ) -> None:
         self.model = model
-        # The guard passes each attempt its timeout; the SDK must not retry on its own.
-        self._client = Groq(api_key=api_key, base_url=base_url, max_retries=0)
+        self._client = groq_client(api_key, base_url)
         # The SDK imports its chat modules on first use (~12 ms): at start-up, not in a call.
         _ = self._client.chat.completions
 

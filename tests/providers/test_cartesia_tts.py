@@ -92,6 +92,7 @@ def test_a_turn_is_one_context_of_continued_inputs_closed_by_an_empty_one(
     assert handshake.path == "/tts/websocket"
     assert handshake.headers["authorization"] == f"Bearer {DEFAULT_API_KEY}"
     assert handshake.headers["cartesia-version"]
+    assert "sec-websocket-extensions" not in handshake.headers  # no deflate of the audio
 
 
 def test_the_audio_comes_back_intact_and_in_order(tts: CartesiaTts) -> None:

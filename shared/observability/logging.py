@@ -8,6 +8,11 @@ from contextvars import ContextVar
 
 from pythonjsonlogger.orjson import OrjsonFormatter
 
+# Libraries that log at INFO on a call's path: httpx writes a line for every request (each
+# LLM reply, each sentiment score), the voice process's busiest log source by far. Their
+# warnings still show; LOG_LEVEL=DEBUG shows everything.
+QUIETER = {"httpx": logging.WARNING, "httpcore": logging.WARNING}
+
 # Greenlet- and thread-local under gevent, so concurrent requests keep their own id.
 request_id: ContextVar[str | None] = ContextVar("request_id", default=None)
 
@@ -40,3 +45,10 @@ def setup_logging(process: str, *, fmt: str = "json", level: str = "INFO") -> No
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    debugging = root.level <= logging.DEBUG
+    for name, floor in QUIETER.items():  # LOG_LEVEL=DEBUG shows them all
+        logging.getLogger(name).setLevel(logging.NOTSET if debugging else floor)
+    # No thread name in a record (no format here shows it): under gevent, asking for it
+    # made every greenlet that logged a `_DummyThread` of its own (~10 objects each for
+    # the garbage collector, ~145 alive at 100 calls in the voice process).
+    logging.logThreads = False

@@ -11,6 +11,8 @@ opened and dropped every 7 s. Here every connection opened is kept, up to
 
 from __future__ import annotations
 
+import weakref
+
 import httpx
 from groq import DefaultHttpxClient, Groq
 
@@ -31,5 +33,20 @@ def groq_client(api_key: str, base_url: str | None) -> Groq:
         base_url=base_url,
         max_retries=0,
         timeout=10.0,
-        http_client=DefaultHttpxClient(limits=limits),
+        http_client=DefaultHttpxClient(limits=limits, event_hooks={"response": [_unbind]}),
     )
+
+
+def _unbind(response: httpx.Response) -> None:
+    """Make the reference from a response's body stream back to the response weak.
+
+    httpx wraps each response's stream in a `BoundSyncStream` that keeps the response, to
+    set `response.elapsed` on close: a reference cycle, so a finished request (~60 objects:
+    request, response, headers, the pool's request, its events and locks) is freed only by
+    the garbage collector, not when the last reference goes. At 100 calls the voice process
+    had ~270 finished requests waiting in the young generations at each middle collection,
+    a quarter of what that pause walks. httpx has no option for it, hence the private
+    attribute; if it goes, this does nothing (and the test of the garbage fails)."""
+    stream = response.stream
+    if hasattr(stream, "_response") and stream._response is response:
+        stream._response = weakref.proxy(response)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 import time
@@ -240,6 +241,35 @@ def test_connections_stay_open_for_as_many_replies_as_stream_at_once(
     assert fake.connections == streams
     round_of_replies()
     assert fake.connections == streams
+
+
+def test_a_finished_reply_leaves_nothing_for_the_garbage_collector(
+    fake: FakeGroqLlm, llm: GroqLlm
+) -> None:
+    """Freed by reference counting when done, whole or cut short by a barge-in: in the voice
+    process every collection walks what is left with every call's audio waiting."""
+
+    def cut_short() -> None:
+        events = llm.stream(CONTEXT, HISTORY)
+        next(events)
+        events.close()
+
+    fake.script(*[TextReply("one two three", 0, 0) for _ in range(8)])
+    list(llm.stream(CONTEXT, HISTORY))  # the connection and the SDK's lazy set-up
+    gc.collect()
+    gc.set_debug(gc.DEBUG_SAVEALL)  # what a collection finds goes to gc.garbage
+    try:
+        for _ in range(3):
+            list(llm.stream(CONTEXT, HISTORY))
+            cut_short()
+        gc.collect()
+        # (other tests' fakes may end meanwhile: only the HTTP client's objects count)
+        clients = ("httpx", "httpcore", "h11", "groq")
+        left = [type(o).__qualname__ for o in gc.garbage if type(o).__module__.startswith(clients)]
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+    assert left == []
 
 
 def test_a_rate_limit_with_retry_after_is_retried_when_opening(

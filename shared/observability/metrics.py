@@ -123,6 +123,12 @@ VOICE_GC_PAUSE = Histogram(
     "every call's audio waits meanwhile",
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25),
 )
+VOICE_LOOP_LAG = Histogram(
+    "voice_event_loop_lag_seconds",
+    "How late a 50 ms timer fires in the voice worker: how long any ready greenlet (a "
+    "frame that arrived, audio due out) waits for the interpreter",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25),
+)
 VOICE_ACTIVE_CALLS = Gauge("voice_active_calls", "Calls in progress", multiprocess_mode="livesum")
 VOICE_BARGE_INS = Counter("voice_barge_ins_total", "Agent audio cut by caller speech")
 VOICE_FALLBACKS = Counter(

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from shared.background import start_worker
 from shared.config import Settings
-from shared.observability.metrics import VOICE_GC_PAUSE
+from shared.observability.metrics import VOICE_GC_PAUSE, VOICE_LOOP_LAG
 from shared.providers.registry import ProviderSet
 from shared.queue.broker import enqueue
 from shared.queue.tasks import CALL_CONTROL
@@ -97,6 +97,35 @@ def watch_gc_pauses(flush_s: float = 1.0) -> GcPauses:
     return pauses
 
 
+class LoopLag:
+    """`voice_event_loop_lag_seconds`: how late a short timer fires, measured all the time.
+    A frame that arrived, or audio due out, waits just as long for its greenlet to run, so
+    this is the voice worker's own share of any late audio, apart from the network's and
+    the peer's (`voice_inbound_frame_lag_seconds` counts from the phone's send time). It is
+    the first sign of a worker with more calls than its core carries."""
+
+    def __init__(self, interval_s: float) -> None:
+        self.interval_s = interval_s
+        self._stopped = threading.Event()
+
+    def run_until_closed(self) -> None:
+        while True:
+            due = time.monotonic() + self.interval_s
+            if self._stopped.wait(self.interval_s):
+                return
+            VOICE_LOOP_LAG.observe(max(0.0, time.monotonic() - due))
+
+    def close(self) -> None:
+        self._stopped.set()
+
+
+def watch_loop_lag(interval_s: float = 0.05) -> LoopLag:
+    """Measure the worker's event-loop lag from now on, in a background worker."""
+    lag = LoopLag(interval_s)
+    start_worker(lag.run_until_closed, "loop-lag")
+    return lag
+
+
 @dataclass
 class VoiceRuntime:
     settings: Settings
@@ -118,6 +147,7 @@ class VoiceRuntime:
             gevent.get_hub().threadpool.spawn(self.providers.warm_up).get()
             freeze_long_lived_objects()
             watch_gc_pauses()
+            watch_loop_lag()
             self.ready = True
 
         return gevent.spawn(load)

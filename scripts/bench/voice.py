@@ -17,8 +17,10 @@ on 2+ cores) the voice worker has the last core to itself and all the rest share
 (b) Calls per process: a ramp of simultaneous calls, each on an open line, asking a question
     whenever the agent is quiet and interrupting one answer per measured window. Per step:
     inbound frame lag (`voice_inbound_frame_lag_seconds`), agent-audio underruns and clear
-    latency at the phone, voice worker CPU. Then a py-spy profile, and the same step at
-    several VOICE_CHUNK_MS.
+    latency at the phone, voice worker CPU. Then the baseline: the reference's naive
+    flask-sock relay (scripts/bench/relay.py) on the same core at `--relay-streams` open
+    lines, a call's CPU against a relay stream's. Then a py-spy profile, and the same step
+    at several VOICE_CHUNK_MS.
 (c) Local providers (Whisper + Silero, local agent, Piper): voice-to-voice on this CPU.
 
 Everything it starts is stopped at the end, on error and on Ctrl-C too.
@@ -1128,6 +1130,7 @@ def run_ramp(ctx: Context) -> list[str]:
                     break
         finally:
             phones.hang_up()
+    baseline = relay_baseline(ctx, results) if args.relay_streams else []
     best = max((r.calls for r in results if r.ok), default=0)
     relaxed = max((r.calls for r in results if r.ok_relaxed), default=0)
     in_process = max((r.calls for r in results if r.ok_in_process), default=0)
@@ -1152,9 +1155,76 @@ def run_ramp(ctx: Context) -> list[str]:
         f"lag from the phones not counted): {in_process}",
         "  fakes' CPU per step (% of one core): "
         + "; ".join(f"{r.calls}: {fake_cpu(r)}" for r in results),
+        *baseline,
         *profile,
     ]
     return lines
+
+
+@contextlib.contextmanager
+def relay_server(ctx: Context) -> Iterator[tuple[int, int]]:
+    """scripts/bench/relay.py under gunicorn's gevent worker, placed as the voice worker
+    is (`--pin`); yields its port and its worker's pid."""
+    port, path = processes.free_port(), processes.venv_path()
+    gunicorn = shutil.which("gunicorn", path=path)
+    assert gunicorn is not None
+    argv = [gunicorn, "-k", "gevent", "-w", "1", "-b", f"127.0.0.1:{port}"]
+    argv += ["--worker-connections", "2000", "scripts.bench.relay:app"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PATH": path}
+    with processes.running(
+        "relay", argv, env, ctx.data_dir / "relay.log", processes.answers(port), timeout=60
+    ) as proc:
+        (worker,) = psutil.Process(proc.pid).children()
+        if ctx.voice_cpu is not None:
+            pin_threads(worker.pid, {ctx.voice_cpu})
+        yield port, worker.pid
+
+
+def relay_baseline(ctx: Context, results: list[StepResult]) -> list[str]:
+    """The reference's naive relay (../shared/reference/performance.md §4) at
+    `--relay-streams` open lines, in this same run: CPU per stream, and a call's CPU here
+    against it (the VM's speed drifts between runs, not within minutes)."""
+    streams, args = ctx.args.relay_streams, ctx.args
+    log(f"  baseline: the naive flask-sock relay at {streams} streams")
+    loops = phased_loops(args.phone_loops)
+    phones: list[FakeTelnyxCall] = []
+    with relay_server(ctx) as (port, worker):
+        try:  # the phones hang up before the relay stops (it waits for open connections)
+            for i in range(streams):
+                url = f"ws://127.0.0.1:{port}/media/telnyx"
+                phone = FakeTelnyxCall(
+                    url, call_control_id=f"relay-{i}", loop=loops[i % len(loops)]
+                )
+                phone.connect()
+                phone.start_line()
+                phones.append(phone)
+                time.sleep(1 / CONNECTS_PER_S)
+            time.sleep(args.settle)
+            meter = CpuMeter({"relay": worker})
+            time.sleep(args.window)
+            relay = meter.percent()["relay"]
+            answered = sum(1 for p in phones if p.heard)
+        finally:
+            for phone in phones:
+                phone.close()
+            for loop in loops:
+                loop.close()
+    per_stream = relay / streams
+    line = (
+        f"  baseline (this run): the reference's naive flask-sock relay (JSON + base64 + "
+        f"μ-law→PCM per frame, one frame back; wsproto framing) at {streams} open lines: "
+        f"{relay:.0f}% of a core, {per_stream:.2f}% per stream ({answered} of {streams} "
+        "streams got frames back)"
+    )
+    near = min(results, key=lambda r: abs(r.calls - streams), default=None)
+    if near is None or per_stream <= 0:
+        return [line]
+    ratio = near.cpu_per_call / per_stream
+    return [
+        line,
+        f"  a Switchboard call at {near.calls} calls (three provider SDKs, turn-taking, "
+        f"replies, stored turns): {near.cpu_per_call:.2f}% of a core = {ratio:.2f} x a relay stream",
+    ]
 
 
 def fake_cpu(r: StepResult) -> str:
@@ -1445,6 +1515,12 @@ def _parse_args() -> argparse.Namespace:
     parser.add_argument("--settle", type=float, default=6.0, help="seconds before each window")
     parser.add_argument("--profile-calls", type=int, default=30, help="py-spy at this step")
     parser.add_argument("--profile-seconds", type=float, default=10.0)
+    parser.add_argument(
+        "--relay-streams",
+        type=int,
+        default=100,
+        help="the naive flask-sock relay baseline at this many streams (0: none)",
+    )
     parser.add_argument("--chunk-sizes", type=_ints, default=[20, 40, 100])
     parser.add_argument("--chunk-calls", type=int, default=30, help="0: no chunk-size runs")
     parser.add_argument("--c-calls", type=int, default=3)

@@ -1107,6 +1107,8 @@ def run_ramp(ctx: Context) -> list[str]:
     results: list[StepResult] = []
     profile: list[str] = []
     extra = ctx.fakes.env() | {"VOICE_CHUNK_MS": "100", "VOICE_LEAD_MS": "200"}
+    if args.tts_down:  # nothing listens there: every call falls back to the local voice
+        extra["CARTESIA_URL"] = f"http://127.0.0.1:{processes.free_port()}"
     with voice_server(ctx, "b", extra) as server:
         meter = cpu_meter(ctx, server)
         quiet = wait_until_quiet(args.quiet_wait)
@@ -1520,6 +1522,11 @@ def _parse_args() -> argparse.Namespace:
         type=int,
         default=100,
         help="the naive flask-sock relay baseline at this many streams (0: none)",
+    )
+    parser.add_argument(
+        "--tts-down",
+        action="store_true",
+        help="(b) with Cartesia unreachable: every call speaks with the local fallback voice",
     )
     parser.add_argument("--chunk-sizes", type=_ints, default=[20, 40, 100])
     parser.add_argument("--chunk-calls", type=int, default=30, help="0: no chunk-size runs")

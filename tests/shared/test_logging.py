@@ -27,16 +27,18 @@ def json_lines(out: str) -> list[dict[str, object]]:
     return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
 
 
-def served_by(handler: httpx.MockTransport) -> httpx.Client:
-    return httpx.Client(transport=handler, base_url="http://provider.test")
+def one_request_logged_at(level: str) -> None:
+    """The voice process's log set-up at `level`, then one httpx request (to a mock)."""
+    setup_logging("voice", fmt="json", level=level)
+    transport = httpx.MockTransport(lambda request: httpx.Response(200))
+    with httpx.Client(transport=transport, base_url="http://provider.test") as client:
+        client.get("/v1/reply")
 
 
 def test_httpx_request_lines_are_not_logged_but_its_warnings_and_ours_are(
     restore_logging: None, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    setup_logging("voice", fmt="json", level="INFO")
-    with served_by(httpx.MockTransport(lambda request: httpx.Response(200))) as client:
-        client.get("/v1/reply")
+    one_request_logged_at("INFO")
     logging.getLogger("httpx").warning("pool exhausted")
     logging.getLogger("shared.voice").info("caller barged in")
 
@@ -47,9 +49,7 @@ def test_httpx_request_lines_are_not_logged_but_its_warnings_and_ours_are(
 def test_debug_level_shows_every_request(
     restore_logging: None, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    setup_logging("voice", fmt="json", level="DEBUG")
-    with served_by(httpx.MockTransport(lambda request: httpx.Response(200))) as client:
-        client.get("/v1/reply")
+    one_request_logged_at("DEBUG")
 
     lines = json_lines(capsys.readouterr().out)
     assert any(line["logger"] == "httpx" and "/v1/reply" in str(line["message"]) for line in lines)

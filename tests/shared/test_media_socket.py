@@ -5,6 +5,8 @@ oversized messages, and what it sends."""
 from __future__ import annotations
 
 import random
+import subprocess
+import sys
 import socket
 import threading
 from collections.abc import Iterator
@@ -284,3 +286,70 @@ def test_protocol_violations_fail_the_stream_with_1002(bad: bytes) -> None:
     assert messages == [b"first"]
     assert replies[-1].opcode is Opcode.CLOSE
     assert replies[-1].data[:2] == (1002).to_bytes(2, "big")
+
+
+# A fresh interpreter patched by gevent, as the voice worker is. Frames come 5 ms apart;
+# the server socket's raw recv() is counted. Waiting for readability first, each frame
+# costs one recv; a try-first read would also fail once per frame (EAGAIN). The stream
+# ends when the peer closes: EOF reaches receive() as ConnectionClosed.
+GEVENT_READS = """
+from gevent import monkey
+monkey.patch_all()
+import socket, time, gevent
+from simple_websocket import ConnectionClosed
+from websockets.client import ClientProtocol
+from websockets.protocol import State
+from websockets.uri import parse_uri
+from web.voice.media_socket import MediaSocket
+
+class Counting:
+    def __init__(self, raw):
+        self.raw, self.calls = raw, 0
+    def recv(self, *args):
+        self.calls += 1
+        return self.raw.recv(*args)
+    def __getattr__(self, name):
+        return getattr(self.raw, name)
+
+class Upgraded:
+    def __init__(self, sock):
+        self.sock, self.connected = sock, True
+
+server, client = socket.socketpair()
+counting = Counting(server._sock)
+server._sock = counting
+media = MediaSocket(Upgraded(server), max_message_bytes=1024, ping_s=5)
+peer = ClientProtocol(parse_uri("ws://voice/media/telnyx"), state=State.OPEN)
+
+def phone():
+    for n in range(20):
+        gevent.sleep(0.005)
+        peer.send_text(b'{"n": %d}' % n)
+        client.sendall(b"".join(peer.data_to_send()))
+    gevent.sleep(0.005)
+    client.close()
+
+gevent.spawn(phone)
+got = []
+try:
+    while True:
+        got.append(media.receive())
+except ConnectionClosed:
+    pass
+media.close()
+print(len(got), counting.calls)
+"""
+
+
+def test_under_gevent_each_frame_costs_one_read() -> None:
+    done = subprocess.run(  # noqa: S603  # this interpreter, our own script
+        [sys.executable, "-c", GEVENT_READS],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    messages, reads = map(int, done.stdout.split())
+    assert messages == 20
+    assert reads <= messages + 2  # the frames, the EOF, at most one spurious wake-up

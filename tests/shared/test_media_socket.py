@@ -5,9 +5,9 @@ oversized messages, and what it sends."""
 from __future__ import annotations
 
 import random
+import socket
 import subprocess
 import sys
-import socket
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass

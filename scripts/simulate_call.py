@@ -93,7 +93,9 @@ def speak(tts: PiperTts, text: str) -> bytes:
     turn = tts.start_turn(None, "en")
     turn.push(text)
     turn.end()
-    return b"".join(turn.audio())
+    chunks: list[bytes] = []
+    turn.play(chunks.append)
+    return b"".join(chunks)
 
 
 def webhook(settings: Settings, signer: TelnyxSigner, event: str, payload: dict[str, Any]) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -163,9 +163,9 @@ class _FallbackTts:
     def cancel(self) -> None:
         self.turn.cancel()
 
-    def audio(self) -> Iterator[bytes]:
+    def play(self, sink: Callable[[bytes], None]) -> None:
         try:
-            yield from self.turn.audio()
+            self.turn.play(sink)
         except Exception as exc:
             if not self.stage.can_fall_back:
                 raise
@@ -174,12 +174,18 @@ class _FallbackTts:
                 self.turn.push(text)
             if self.ended:
                 self.turn.end()
-            yield from self.turn.audio()
+            self.turn.play(sink)
 
 
 def _pump_audio(tts: _FallbackTts, playout: Playout, reply: Reply) -> None:
-    assert reply.audio is not None
-    for chunk in tts.audio():
+    """The turn's audio into the playout; for Cartesia `sink` runs in its reader, and this
+    greenlet only waits for the end (or the fallback's audio)."""
+    audio = reply.audio
+    assert audio is not None
+
+    def sink(chunk: bytes) -> None:
         if reply.first_audio_at is None:
             reply.first_audio_at = time.monotonic()
-        playout.add(reply.audio, chunk)
+        playout.add(audio, chunk)
+
+    tts.play(sink)

@@ -24,6 +24,7 @@ from scripts.fakes.cartesia_tts import (
 from shared.config import Settings
 from shared.providers.tts.cartesia import CartesiaTts, CartesiaTtsError
 from shared.resilience import ProviderUnavailable, guard
+from tests.providers.playing import Player, collect
 
 ROOT = Path(__file__).resolve().parents[2]
 FORMAT = {"container": "raw", "encoding": "pcm_mulaw", "sample_rate": 8000}
@@ -71,7 +72,7 @@ def speak(tts: CartesiaTts, *pieces: str, voice: str | None = None) -> tuple[str
     for piece in pieces:
         turn.push(piece)
     turn.end()
-    return turn.context_id, b"".join(turn.audio())
+    return turn.context_id, collect(turn)
 
 
 def test_a_turn_is_one_context_of_continued_inputs_closed_by_an_empty_one(
@@ -128,16 +129,19 @@ def test_cancel_sends_a_cancel_and_ends_the_audio_at_once(fake: FakeCartesiaTts)
     tts = provider(fake.url)
     turn = tts.start_turn(None, "en")
     turn.push("A long answer that would take several seconds to say. ")
-    audio = turn.audio()
-    next(audio)
+    player = Player(turn)
+    assert player.first.wait(5)
     started = time.perf_counter()
     turn.cancel()
-    rest = list(audio)
+    assert player.join(1)
     elapsed = time.perf_counter() - started
+    played = len(player.chunks)
     turn.cancel()
 
-    assert rest == []
     assert elapsed < 0.1
+    assert player.error is None
+    time.sleep(0.2)  # the server was still sending: none of it reaches the sink
+    assert len(player.chunks) == played
     assert wait_for(lambda: fake.received()[-1] == {"context_id": turn.context_id, "cancel": True})
     fake.pace = 0.0
     _, audio_after = speak(tts, "Next.")  # the cancelled context's leftovers do not leak
@@ -145,7 +149,7 @@ def test_cancel_sends_a_cancel_and_ends_the_audio_at_once(fake: FakeCartesiaTts)
     tts.close()
 
 
-def test_a_server_error_ends_the_turn_with_an_exception_from_audio(
+def test_a_server_error_ends_the_turn_with_an_exception_from_play(
     fake: FakeCartesiaTts, tts: CartesiaTts
 ) -> None:
     fake.fail_next_context(status_code=400, title="Invalid voice", message="voice not found")
@@ -153,7 +157,7 @@ def test_a_server_error_ends_the_turn_with_an_exception_from_audio(
     turn.push("Hello.")
 
     with pytest.raises(CartesiaTtsError, match="Invalid voice") as raised:
-        list(turn.audio())
+        collect(turn)
     assert raised.value.status_code == 400
     _, audio = speak(tts, "Still here.")  # the connection survives a context's error
     assert audio == tone(len("Still here.") * BYTES_PER_CHAR)
@@ -165,12 +169,13 @@ def test_a_dropped_connection_fails_the_turn_and_the_next_turn_reconnects(
     fake.pace = 1.0
     turn = tts.start_turn(None, "en")
     turn.push("A long answer that would take several seconds to say. ")
-    audio = turn.audio()
-    next(audio)
+    player = Player(turn)
+    assert player.first.wait(5)
     fake.drop_connections()
 
-    with pytest.raises(CartesiaTtsError, match="connection closed"):
-        list(audio)
+    assert player.join(5)
+    assert isinstance(player.error, CartesiaTtsError)
+    assert "connection closed" in str(player.error)
     fake.pace = 0.0
     _, audio_after = speak(tts, "Again.")
     assert audio_after == tone(len("Again.") * BYTES_PER_CHAR)
@@ -184,7 +189,7 @@ def test_a_server_that_goes_silent_times_out(fake: FakeCartesiaTts) -> None:
     turn.push("Hello.")
 
     with pytest.raises(CartesiaTtsError, match="no reply"):
-        list(turn.audio())
+        collect(turn)
     tts.close()
 
 
@@ -239,10 +244,14 @@ fake = start_fake_cartesia(pace=0.2, chunk_ms=20)
 tts = CartesiaTts(Settings(_env_file=None, cartesia_api_key="test-cartesia-key", cartesia_url=fake.url))
 tts.warm_up()
 turn = tts.start_turn(None, "en"); turn.push("Hello there."); turn.end()
-ok = b"".join(turn.audio()) == tone(len("Hello there.") * BYTES_PER_CHAR)
+chunks = []; turn.play(chunks.append)
+ok = b"".join(chunks) == tone(len("Hello there.") * BYTES_PER_CHAR)
 turn = tts.start_turn(None, "en"); turn.push("A much longer sentence to cancel.")
-audio = turn.audio(); next(audio); gevent.spawn(turn.cancel).join()
-print(ok, list(audio) == [])
+chunks = []; player = gevent.spawn(turn.play, chunks.append)
+while not chunks: gevent.sleep(0.01)
+gevent.spawn(turn.cancel).join(); player.join(1)
+played = len(chunks); gevent.sleep(0.2)
+print(ok, player.dead and player.exception is None and len(chunks) == played)
 tts.close(); fake.stop()
 """
     done = subprocess.run(  # noqa: S603 - our own script, run by this interpreter

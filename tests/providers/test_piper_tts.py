@@ -14,6 +14,7 @@ import pytest
 from shared.providers.tts import local
 from shared.providers.tts.local import CHUNK_BYTES, PiperTts, PiperTurn
 from shared.voice.audio import ulaw_to_pcm16
+from tests.providers.playing import Player, collect
 
 ROOT = Path(__file__).resolve().parents[2]
 FIRST = "Hello, thanks for calling Switchboard. "
@@ -29,12 +30,10 @@ def tts() -> PiperTts:
 
 def timed_audio(turn: PiperTurn) -> tuple[list[bytes], list[float]]:
     """The turn's chunks and the seconds after the call at which each arrived."""
-    started = time.perf_counter()
-    chunks, times = [], []
-    for chunk in turn.audio():
-        chunks.append(chunk)
-        times.append(time.perf_counter() - started)
-    return chunks, times
+    player = Player(turn)
+    assert player.join(60)
+    assert player.error is None
+    return player.chunks, player.times
 
 
 def seconds(ulaw: bytes) -> float:
@@ -74,27 +73,30 @@ def test_the_first_sentence_is_heard_before_the_second_is_synthesised(
     assert times[-1] - times[0] > 0.1
 
 
-def test_cancel_ends_the_audio_at_once_and_nothing_more_is_yielded(tts: PiperTts) -> None:
+def test_cancel_ends_the_audio_at_once_and_nothing_more_is_played(tts: PiperTts) -> None:
     turn = tts.start_turn(None, "en")
     turn.push(FIRST)
     turn.push(SECOND + " " + SECOND)
-    audio = turn.audio()
-    next(audio)
+    player = Player(turn)
+    assert player.first.wait(30)
     started = time.perf_counter()
     turn.cancel()
-    rest = list(audio)
+    assert player.join(1)
     elapsed = time.perf_counter() - started
-    assert rest == []
+    played = len(player.chunks)
+    time.sleep(0.3)
+    assert len(player.chunks) == played
+    assert player.error is None
     assert elapsed < 0.3
     turn.cancel()  # idempotent
     assert turn.wait(30)  # the sentence in flight finishes in the background
 
 
-def test_a_turn_cancelled_before_any_audio_yields_nothing(tts: PiperTts) -> None:
+def test_a_turn_cancelled_before_any_audio_plays_nothing(tts: PiperTts) -> None:
     turn = tts.start_turn(None, "en")
     turn.push(SECOND)
     turn.cancel()
-    assert list(turn.audio()) == []
+    assert collect(turn) == b""
     assert turn.wait(30)
 
 
@@ -110,7 +112,7 @@ def test_time_to_first_audio_and_real_time_factor(tts: PiperTts) -> None:
     started = time.perf_counter()
     turn.push(SECOND)
     turn.end()
-    length = seconds(b"".join(turn.audio()))
+    length = seconds(collect(turn))
     rtf = (time.perf_counter() - started) / length
     ttfa = statistics.median(firsts)
     print(f"\nPiper TTFA p50 {ttfa * 1000:.0f} ms (short sentence), RTF {rtf:.2f}")
@@ -130,7 +132,9 @@ def tick():
 ticker = gevent.spawn(tick)
 tts = PiperTts(); tts.warm_up()
 turn = tts.start_turn(None, "en"); turn.push("How can I help you today?"); turn.end()
-audio = b"".join(turn.audio())
+chunks = []
+turn.play(chunks.append)
+audio = b"".join(chunks)
 gap = max(b - a for a, b in zip(ticks, ticks[1:]))
 print(len(audio), round(gap * 1000))
 """
@@ -148,7 +152,7 @@ print(len(audio), round(gap * 1000))
     assert gap_ms < 250  # the hub kept running (the model load included)
 
 
-def test_a_synthesis_failure_is_raised_from_audio(
+def test_a_synthesis_failure_is_raised_from_play(
     tts: PiperTts, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     def broken(*args: object) -> bytes:
@@ -160,4 +164,4 @@ def test_a_synthesis_failure_is_raised_from_audio(
     turn.end()
 
     with pytest.raises(RuntimeError, match="onnxruntime failed"):
-        list(turn.audio())
+        collect(turn)

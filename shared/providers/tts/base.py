@@ -1,14 +1,18 @@
 """The TTS interface the voice loop uses. Audio out: 8 kHz μ-law bytes (Telnyx PCMU).
 
 One `TtsTurn` per agent turn (for Cartesia: one websocket context). Text arrives in
-sentence/clause pieces while the LLM is still streaming; audio is yielded as soon as it
+sentence/clause pieces while the LLM is still streaming; audio is handed on as soon as it
 is synthesised. All methods are called from greenlets; blocking work runs in the hub's
 threadpool or on gevent-patched sockets.
+
+Audio is pushed to a sink rather than pulled from an iterator: Cartesia's audio arrives in
+its connection's reader, and handing each chunk from there to another greenlet that pulls
+it cost a greenlet switch and a queue per chunk (~40 µs; README: voice benchmark).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable
 from typing import Protocol
 
 
@@ -17,13 +21,15 @@ class TtsTurn(Protocol):
         """Add the next piece of the turn's text (in order, spaces kept)."""
 
     def end(self) -> None:
-        """No more text for this turn: `audio()` finishes after the last piece."""
+        """No more text for this turn: `play()` returns after the last piece's audio."""
 
-    def audio(self) -> Iterator[bytes]:
-        """μ-law 8 kHz chunks (any size) until the turn's audio is complete or cancelled."""
+    def play(self, sink: Callable[[bytes], None]) -> None:
+        """Hand μ-law 8 kHz chunks (any size, in order) to `sink` until the turn's audio is
+        complete or cancelled, then return; raise if synthesis fails. `sink` may be called
+        from another greenlet (Cartesia's reader) while this waits; it must not block."""
 
     def cancel(self) -> None:
-        """Stop synthesis now (barge-in): `audio()` ends promptly. Idempotent."""
+        """Stop synthesis now (barge-in): `play()` returns promptly. Idempotent."""
 
 
 class TtsProvider(Protocol):

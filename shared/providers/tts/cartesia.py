@@ -9,7 +9,8 @@ Sending uses the SDK's `WebSocketContext`; receiving does not use its `receive()
 makes whichever context is reading the router and blocks in `recv()`: a cancelled turn
 could not return until the server spoke again, and two turns reading at once would trip
 websockets' one-reader rule. Instead one reader (a greenlet under gevent) routes every
-event by `context_id` to its turn's queue.
+event by `context_id` to its turn, which hands the audio to the turn's sink right there
+(no queue and no second greenlet per chunk); `play()` only waits for the turn's end.
 """
 
 from __future__ import annotations
@@ -17,11 +18,10 @@ from __future__ import annotations
 import functools
 import itertools
 import logging
-import queue
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 
 from cartesia import Cartesia
@@ -46,8 +46,6 @@ DEFAULT_URL = "https://api.cartesia.ai"
 MODEL_ID = "sonic-3"
 DEFAULT_VOICE_ID = "6ccbfb76-1fc6-48f7-b71d-91ac6298247b"  # the SDK's own fallback voice
 OUTPUT_FORMAT = {"container": "raw", "encoding": "pcm_mulaw", "sample_rate": 8000}
-_CANCELLED = object()
-_POLL = 0.25  # seconds between checks for a stalled server while waiting for audio
 YIELD_EVERY = 4  # messages the reader handles in a row before it lets other calls run
 
 
@@ -66,18 +64,17 @@ def websocket_url(http_url: str) -> str:
 
 
 class _Connection:
-    """One open websocket and the reader that hands each event to its turn's queue."""
+    """One open websocket and the reader that hands each event to its turn."""
 
     def __init__(self, sdk: TTSResourceConnection) -> None:
         self.sdk = sdk
         self.alive = True
-        self._turns: dict[str, queue.Queue[Any]] = {}
+        self._turns: dict[str, Callable[[Any], None]] = {}
         start_worker(self._read, "cartesia-reader")
 
-    def register(self, context_id: str) -> queue.Queue[Any]:
-        events: queue.Queue[Any] = queue.Queue()
-        self._turns[context_id] = events
-        return events
+    def register(self, context_id: str, on_event: Callable[[Any], None]) -> None:
+        """`on_event` gets the context's events (and connection failures) in the reader."""
+        self._turns[context_id] = on_event
 
     def forget(self, context_id: str) -> None:
         self._turns.pop(context_id, None)
@@ -117,22 +114,24 @@ class _Connection:
         if self.alive:  # not closed by us
             log.warning("%s", reason)
         self.alive = False
-        for events in list(self._turns.values()):
-            events.put(CartesiaTtsError(reason))
+        for on_event in list(self._turns.values()):
+            on_event(CartesiaTtsError(reason))
         self._turns.clear()
 
     def _route(self, event: WebsocketResponse) -> None:
         context_id = getattr(event, "context_id", None)
-        if context_id is None and event.type == "error":
-            for events in list(self._turns.values()):  # not about one context: about all
-                events.put(event)
-        elif context_id in self._turns:
-            self._turns[context_id].put(event)
+        if context_id is None:
+            if event.type == "error":  # not about one context: about all
+                for on_event in list(self._turns.values()):
+                    on_event(event)
+        elif (turn := self._turns.get(context_id)) is not None:
+            turn(event)
         # else: a cancelled or finished context's late events
 
 
 class CartesiaTurn:
-    """One agent turn: one Cartesia context on the call's connection."""
+    """One agent turn: one Cartesia context on the call's connection. Its events arrive in
+    the connection's reader (`_on_event`); `play()` waits for the end in the caller's."""
 
     def __init__(
         self, connection: _Connection, context: WebSocketContext, context_id: str, timeout: float
@@ -140,17 +139,22 @@ class CartesiaTurn:
         self._connection = connection
         self._context = context
         self._id = context_id
-        self._events = connection.register(self._id)
         self._timeout = timeout
         self._awaiting_since: float | None = None  # set while a reply is owed
         self._ended = self._cancelled = self._finished = False
+        self._sink: Callable[[bytes], None] | None = None
+        self._early: list[bytes] = []  # audio that came before play() gave a sink
+        self._failure: CartesiaTtsError | None = None
+        self._over = threading.Event()  # done, failed or cancelled
+        self._sink_lock = threading.Lock()  # the sink handover: no chunk lost or reordered
+        connection.register(self._id, self._on_event)
 
     @property
     def context_id(self) -> str:
         return self._id
 
     def push(self, text: str) -> None:
-        """Send the next piece (`continue: true`). A failure is raised from `audio()`."""
+        """Send the next piece (`continue: true`). A failure is raised from `play()`."""
         if text and not (self._ended or self._cancelled or self._finished):
             self._send(lambda: self._context.push(text))
 
@@ -160,65 +164,83 @@ class CartesiaTurn:
             self._ended = True
             self._send(self._context.no_more_inputs)
 
-    def audio(self) -> Iterator[bytes]:
-        """Decoded μ-law chunks until `done` or `cancel()`; raises `CartesiaTtsError` on a
-        server error, a dropped connection, or no reply within the timeout."""
+    def play(self, sink: Callable[[bytes], None]) -> None:
+        """Hand the decoded μ-law chunks to `sink` (from the reader) until `done` or
+        `cancel()`; raises `CartesiaTtsError` on a server error, a dropped connection, or
+        no reply within the timeout."""
         try:
-            while not self._cancelled:
-                event = self._next_event()
-                if event is _CANCELLED or self._cancelled:
-                    return
-                if isinstance(event, CartesiaTtsError):
-                    raise event
-                if event.type == "error":
-                    raise _error(event)
-                if event.type == "chunk" and event.audio:
-                    yield event.audio
-                if event.type == "done" or (event.type == "chunk" and event.done):
-                    return
+            with self._sink_lock:
+                for chunk in self._early:
+                    sink(chunk)
+                self._early.clear()
+                self._sink = sink
+            # Woken by the end, else at the stall deadline (later if events moved it on).
+            while not self._over.wait(self._until_stalled()):
+                if self._until_stalled() <= 0:
+                    raise CartesiaTtsError(f"no reply from Cartesia in {self._timeout:.1f}s")
+            if self._failure is not None and not self._cancelled:
+                raise self._failure
         finally:
+            with self._sink_lock:
+                self._sink = None
             self._finished = True
             self._connection.forget(self._id)
 
     def cancel(self) -> None:
-        """Send `cancel` for the context and end `audio()` at once. Idempotent."""
+        """Send `cancel` for the context and end `play()` at once. Idempotent."""
         if self._cancelled:
             return
         self._cancelled = True
         self._connection.forget(self._id)
-        self._events.put(_CANCELLED)
+        self._over.set()
         if not self._finished and self._connection.alive:
             try:
                 self._context.cancel()
             except Exception:
                 log.debug("sending cancel to Cartesia failed", exc_info=True)
 
+    def _until_stalled(self) -> float:
+        """Seconds until the owed reply is late (the whole timeout while none is owed)."""
+        since = self._awaiting_since
+        return self._timeout if since is None else since + self._timeout - time.monotonic()
+
+    def _on_event(self, event: Any) -> None:
+        """In the reader: audio to the sink at once, the end or a failure to `play()`."""
+        if self._cancelled or self._over.is_set():
+            return
+        # Once ended, `done` is owed: the clock restarts with every event.
+        self._awaiting_since = time.monotonic() if self._ended else None
+        if isinstance(event, CartesiaTtsError):
+            self._fail(event)
+        elif event.type == "error":
+            self._fail(_error(event))
+        else:
+            if event.type == "chunk" and event.audio:
+                with self._sink_lock:
+                    if self._sink is not None:
+                        self._sink(event.audio)
+                    else:
+                        self._early.append(event.audio)
+            if event.type == "done" or (event.type == "chunk" and event.done):
+                self._over.set()
+
+    def _fail(self, failure: CartesiaTtsError) -> None:
+        if self._failure is None:
+            self._failure = failure
+        self._over.set()
+
     def _send(self, operation: Any) -> None:
         if self._awaiting_since is None:
             self._awaiting_since = time.monotonic()
         if not self._connection.alive:
-            self._events.put(CartesiaTtsError("Cartesia connection is closed"))
+            self._fail(CartesiaTtsError("Cartesia connection is closed"))
             return
         try:
             operation()
         except Exception as exc:
             failure = CartesiaTtsError(f"sending to Cartesia failed: {type(exc).__name__}")
             failure.__cause__ = exc
-            self._events.put(failure)
-
-    def _next_event(self) -> Any:
-        while True:
-            try:
-                event = self._events.get(timeout=_POLL)
-            except queue.Empty:
-                since = self._awaiting_since
-                if since is not None and time.monotonic() - since > self._timeout:
-                    message = f"no reply from Cartesia in {self._timeout:.1f}s"
-                    raise CartesiaTtsError(message) from None
-                continue
-            # Once ended, `done` is owed: the clock restarts with every event.
-            self._awaiting_since = time.monotonic() if self._ended else None
-            return event
+            self._fail(failure)
 
 
 def _error(event: Any) -> CartesiaTtsError:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import queue
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from functools import cache
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -119,24 +119,24 @@ class PiperTurn:
             self._texts.put(text)
 
     def end(self) -> None:
-        """No more text: `audio()` ends once what was pushed is spoken."""
+        """No more text: `play()` returns once what was pushed is spoken."""
         if not self._ended:
             self._ended = True
             self._texts.put(None)
 
-    def audio(self) -> Iterator[bytes]:
-        """8 kHz μ-law chunks of at most `CHUNK_BYTES`, until the end or `cancel()`; a
-        synthesis failure is raised here."""
+    def play(self, sink: Callable[[bytes], None]) -> None:
+        """8 kHz μ-law chunks of at most `CHUNK_BYTES` to `sink` (in this greenlet), until
+        the end or `cancel()`; a synthesis failure is raised here."""
         while True:
             item = self._audio.get()
             if item is _END or self._cancelled:
                 return
             if isinstance(item, BaseException):
                 raise item
-            yield item
+            sink(item)
 
     def cancel(self) -> None:
-        """Stop now: `audio()` returns at once; a sentence being synthesised finishes in
+        """Stop now: `play()` returns at once; a sentence being synthesised finishes in
         the background and is dropped."""
         if not self._cancelled:
             self._cancelled = True

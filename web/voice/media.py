@@ -26,7 +26,6 @@ from shared.observability.metrics import (
 from shared.services import call_context, stream_tokens
 from shared.voice import telnyx_media as tm
 from shared.voice.call_loop import CallLoop, CallSetup
-from shared.voice.recorder import DbTurnWriter
 from web.voice.media_socket import MediaSocket
 from web.voice.runtime import VoiceRuntime
 
@@ -68,7 +67,7 @@ def _serve(ws: MediaSocket) -> None:
         send=_sender(ws),
         providers=runtime.call_providers(),
         setup=CallSetup(start.context, start.voice, start.language),
-        sink=DbTurnWriter(runtime.sessions, start.call_id),
+        sink=runtime.turns.for_call(start.call_id),
         on_end_call=lambda: runtime.hang_up(start),
         on_transfer=lambda to: runtime.transfer(start, to),
         config=runtime.loop_config,

@@ -8,7 +8,7 @@ import logging
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import dramatiq
@@ -23,6 +23,7 @@ from shared.queue.broker import enqueue
 from shared.queue.tasks import CALL_CONTROL
 from shared.services.call_context import CallStart
 from shared.voice.call_loop import LoopConfig
+from shared.voice.recorder import TurnWriter
 from shared.voice.stages import CallProviders
 
 log = logging.getLogger(__name__)
@@ -134,6 +135,10 @@ class VoiceRuntime:
     broker: dramatiq.Broker
     loop_config: LoopConfig
     ready: bool = False  # local models loaded: calls answer without a cold start
+    turns: TurnWriter = field(init=False)  # every call's turns, stored off the audio path
+
+    def __post_init__(self) -> None:
+        self.turns = TurnWriter(self.sessions)
 
     def call_providers(self) -> CallProviders:
         return self.providers.for_call()

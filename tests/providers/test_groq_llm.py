@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import gc
 import logging
+import select
+import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
+import httpcore
 import pytest
 
 from scripts.fakes.groq_llm import (
@@ -17,6 +20,7 @@ from scripts.fakes.groq_llm import (
     ToolCallReply,
     start_fake_groq_llm,
 )
+from shared.providers.groq_client import PlainPollBackend
 from shared.providers.llm.base import (
     AgentContext,
     ChatMessage,
@@ -241,6 +245,58 @@ def test_connections_stay_open_for_as_many_replies_as_stream_at_once(
     assert fake.connections == streams
     round_of_replies()
     assert fake.connections == streams
+
+
+def test_idle_connections_are_checked_without_gevents_poll(
+    fake: FakeGroqLlm, llm: GroqLlm, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """httpcore asks each idle connection whether the server closed it, before and after
+    every request, through `select.poll` (gevent's own in the voice process, ~20 times the
+    cost): the pool's backend answers with the plain one."""
+    streams = 4
+    fake.script(*[TextReply("one two", 0, 0) for _ in range(streams + 2)])
+    together = threading.Barrier(streams, timeout=30)
+
+    def converse() -> None:
+        events = llm.stream(CONTEXT, HISTORY)
+        next(events)
+        together.wait()
+        list(events)
+
+    threads = [threading.Thread(target=converse) for _ in range(streams)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    polls: list[object] = []
+    patched = select.poll
+    monkeypatch.setattr(select, "poll", lambda: polls.append(1) or patched())
+
+    assert text_of(list(llm.stream(CONTEXT, HISTORY))) == "one two"
+    assert text_of(list(llm.stream(CONTEXT, HISTORY))) == "one two"
+    assert polls == []
+    assert fake.connections == streams  # the idle ones were found alive and reused
+
+
+def test_a_connection_the_server_closed_reads_as_readable() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        port = listener.getsockname()[1]
+        stream = PlainPollBackend(httpcore.SyncBackend()).connect_tcp("127.0.0.1", port)
+        server_side, _ = listener.accept()
+        assert stream.get_extra_info("is_readable") is False
+        server_side.close()  # the server hangs up on an idle connection
+        assert wait_until(lambda: stream.get_extra_info("is_readable") is True)
+        stream.close()
+        assert stream.get_extra_info("is_readable") is True
+
+
+def wait_until(condition: Callable[[], bool], seconds: float = 2.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
 
 
 def test_a_finished_reply_leaves_nothing_for_the_garbage_collector(

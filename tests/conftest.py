@@ -20,6 +20,7 @@ from shared.config import Settings, load_settings
 from shared.db.engine import make_engine
 from shared.db.migrate import upgrade
 from shared.db.models import Organization
+from shared.services import auth_cache
 from web.api.app import create_app
 
 
@@ -52,6 +53,7 @@ def scratch_database(settings: Settings, prefix: str) -> Iterator[str]:
     try:
         yield url.set(database=name).render_as_string(hide_password=False)
     finally:
+        auth_cache.close_for(url.set(database=name).render_as_string(hide_password=False))
         with psycopg.connect(admin, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
 

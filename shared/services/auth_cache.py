@@ -31,7 +31,7 @@ import psycopg
 from sqlalchemy import Engine, make_url, text
 from sqlalchemy.orm import Session
 
-from shared.background import start_worker
+from shared.background import Worker, start_worker
 from shared.observability.metrics import AUTH_CACHE_LOOKUPS
 
 log = logging.getLogger(__name__)
@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 CHANNEL = "switchboard_auth"
 APPLICATION_NAME = "switchboard-auth-cache"  # how ops spot the listeners in pg_stat_activity
 KEEPALIVE_S = 10.0
+WAKE_S = 1.0  # how soon a closed cache's listener notices
 MIN_BACKOFF_S = 0.5
 MAX_BACKOFF_S = 30.0
 MAX_ENTRIES = 50_000
@@ -58,7 +59,9 @@ class AuthCache:
         self._generation = 0
         self._listening = False
         self._started = False
+        self._stopped = threading.Event()
         self._lock = threading.Lock()
+        self.worker: Worker | None = None  # the listener, once started
 
     @property
     def listening(self) -> bool:
@@ -93,6 +96,15 @@ class AuthCache:
         self._generation += 1
         self._entries.clear()
 
+    def close(self) -> None:
+        """Stop listening (the database is going away, or the process): lookups read the
+        database uncached from now on. The listener ends at its next wake-up (at most
+        KEEPALIVE_S later, at once if its connection drops) without a warning."""
+        self._stopped.set()
+        self._started = True  # never (re)started after this
+        self._listening = False
+        self.clear()
+
     def _start_listener(self) -> None:
         if self._started or self._dsn is None:
             return
@@ -101,15 +113,16 @@ class AuthCache:
                 return
             self._started = True
         # Started on first use, so a forked server worker gets its own after the fork.
-        start_worker(self._listen_forever, "auth-cache")
+        self.worker = start_worker(self._listen_forever, "auth-cache")
 
     def _listen_forever(self) -> None:
         backoff = MIN_BACKOFF_S
-        while True:
+        while not self._stopped.is_set():
             try:
                 self._listen()
             except psycopg.Error as exc:
-                log.warning("auth cache listener lost (%s); reading credentials uncached", exc)
+                if not self._stopped.is_set():
+                    log.warning("auth cache listener lost (%s); reading credentials uncached", exc)
             except Exception:  # never let the thread die: the cache would stay bypassed
                 log.exception("auth cache listener failed; reading credentials uncached")
             finally:
@@ -117,7 +130,7 @@ class AuthCache:
                     backoff = MIN_BACKOFF_S
                 self._listening = False
                 self.clear()
-            time.sleep(backoff)
+            self._stopped.wait(backoff)
             backoff = min(backoff * 2, MAX_BACKOFF_S)
 
     def _listen(self) -> None:
@@ -127,12 +140,15 @@ class AuthCache:
         ) as conn:
             conn.execute(f"LISTEN {CHANNEL}")
             self.clear()  # whatever happened while not listening is unknown
-            self._listening = True
+            self._listening = not self._stopped.is_set()
             log.info("auth cache listening for revocations")
-            while True:
-                for note in conn.notifies(timeout=KEEPALIVE_S):
+            pinged = time.monotonic()
+            while not self._stopped.is_set():
+                for note in conn.notifies(timeout=WAKE_S):
                     self._apply(note.payload)
-                conn.execute("SELECT 1")  # a dead connection fails here, not silently
+                if time.monotonic() - pinged >= KEEPALIVE_S:
+                    conn.execute("SELECT 1")  # a dead connection fails here, not silently
+                    pinged = time.monotonic()
 
     def _apply(self, payload: str) -> None:
         kind, _, raw = payload.partition(":")
@@ -156,6 +172,15 @@ def for_session(session: Session) -> AuthCache:
             cache = _caches[dsn] = AuthCache(dsn)
         _by_engine[engine] = cache
     return cache
+
+
+def close_for(database_url: str) -> None:
+    """Stop this process's listeners on `database_url`'s database (before it is dropped)."""
+    database = make_url(database_url).database
+    for dsn, cache in list(_caches.items()):
+        if make_url(dsn).database == database:
+            cache.close()
+            del _caches[dsn]
 
 
 def revoked(session: Session, kind: str, key: uuid.UUID) -> None:

@@ -3,6 +3,7 @@ it must stop trusting what it keeps."""
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from collections.abc import Iterator
@@ -43,6 +44,7 @@ def cache(settings: Settings) -> Iterator[AuthCache]:
     cache.get_or_load("key", uuid.uuid4(), Loader())  # starts the listener
     _wait(lambda: cache.listening)
     yield cache
+    cache.close()
 
 
 def test_a_listening_cache_loads_once_and_a_committed_notification_drops_the_entry(
@@ -103,6 +105,7 @@ def test_entries_expire_and_missing_rows_are_never_cached(settings: Settings) ->
     assert cache.get_or_load("key", unknown, missing) is None
     assert cache.get_or_load("key", unknown, missing) is None
     assert missing.calls == 2
+    cache.close()
 
 
 def test_without_a_listener_every_lookup_reads_the_database() -> None:
@@ -112,6 +115,7 @@ def test_without_a_listener_every_lookup_reads_the_database() -> None:
         cache.get_or_load("key", key, load)
     assert load.calls == 3
     assert not cache.listening
+    cache.close()
 
 
 def test_a_lost_listener_connection_empties_the_cache_and_reconnects(
@@ -129,3 +133,20 @@ def test_a_lost_listener_connection_empties_the_cache_and_reconnects(
     _wait(lambda: cache.listening, timeout=15)
     cache.get_or_load("key", key, load)
     assert load.calls == 2  # what was cached before the loss was dropped
+
+
+def test_a_closed_cache_stops_listening_quietly_and_reads_uncached(
+    cache: AuthCache, caplog: pytest.LogCaptureFixture
+) -> None:
+    key, load = uuid.uuid4(), Loader()
+    cache.get_or_load("key", key, load)
+    with caplog.at_level(logging.WARNING, logger="shared.services.auth_cache"):
+        cache.close()
+        assert cache.worker is not None
+        cache.worker.join(5)
+        assert not cache.worker.is_alive()
+    assert not cache.listening
+    cache.get_or_load("key", key, load)
+    cache.get_or_load("key", key, load)
+    assert load.calls == 3  # nothing served from the cache once closed
+    assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []

@@ -163,6 +163,20 @@ def test_a_server_error_ends_the_turn_with_an_exception_from_play(
     assert audio == tone(len("Still here.") * BYTES_PER_CHAR)
 
 
+def test_a_sink_that_fails_ends_its_own_turn_only(fake: FakeCartesiaTts, tts: CartesiaTts) -> None:
+    def broken(chunk: bytes) -> None:
+        raise RuntimeError("playout gone")
+
+    turn = tts.start_turn(None, "en")
+    turn.push("Hello.")
+    turn.end()
+    with pytest.raises(CartesiaTtsError, match="sink failed"):
+        turn.play(broken)
+    _, audio = speak(tts, "Still here.")  # the shared reader and connection live on
+    assert audio == tone(len("Still here.") * BYTES_PER_CHAR)
+    assert len(fake.handshakes) == 1
+
+
 def test_a_dropped_connection_fails_the_turn_and_the_next_turn_reconnects(
     fake: FakeCartesiaTts, tts: CartesiaTts
 ) -> None:

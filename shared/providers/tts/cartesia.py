@@ -170,10 +170,10 @@ class CartesiaTurn:
         no reply within the timeout."""
         try:
             with self._sink_lock:
-                for chunk in self._early:
-                    sink(chunk)
-                self._early.clear()
                 self._sink = sink
+                for chunk in self._early:
+                    self._to_sink(chunk)
+                self._early.clear()
             # Woken by the end, else at the stall deadline (later if events moved it on).
             while not self._over.wait(self._until_stalled()):
                 if self._until_stalled() <= 0:
@@ -216,13 +216,30 @@ class CartesiaTurn:
             self._fail(_error(event))
         else:
             if event.type == "chunk" and event.audio:
-                with self._sink_lock:
-                    if self._sink is not None:
-                        self._sink(event.audio)
-                    else:
-                        self._early.append(event.audio)
+                self._deliver(event.audio)
             if event.type == "done" or (event.type == "chunk" and event.done):
                 self._over.set()
+
+    def _deliver(self, audio: bytes) -> None:
+        """To the sink, or kept for it; a sink that raises fails this turn only, never the
+        reader that every turn of the call shares."""
+        with self._sink_lock:
+            if self._sink is None:
+                self._early.append(audio)
+            else:
+                self._to_sink(audio)
+
+    def _to_sink(self, audio: bytes) -> None:
+        """(holding the sink lock)"""
+        assert self._sink is not None
+        if self._failure is not None:
+            return
+        try:
+            self._sink(audio)
+        except Exception as exc:
+            failure = CartesiaTtsError(f"the audio sink failed: {type(exc).__name__}")
+            failure.__cause__ = exc
+            self._fail(failure)
 
     def _fail(self, failure: CartesiaTtsError) -> None:
         if self._failure is None:

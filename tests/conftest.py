@@ -3,8 +3,9 @@ REDIS_URL name). Each test runs inside a transaction that is rolled back at its 
 
 from __future__ import annotations
 
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -19,7 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from shared.config import Settings, load_settings
 from shared.db.engine import make_engine
 from shared.db.migrate import upgrade
-from shared.db.models import Organization
+from shared.db.models import Call, Organization
 from shared.services import auth_cache
 from web.api.app import create_app
 
@@ -145,3 +146,31 @@ def add_org(db: Session, name: str = "Acme", **fields: Any) -> Organization:
     db.add(org)
     db.flush()
     return org
+
+
+def add_call(db: Session, organization_id: uuid.UUID, **fields: Any) -> Call:
+    """A call row of the tenant (inbound, between two test numbers, unless `fields` say
+    otherwise), committed: in the test's transaction that is a savepoint."""
+    call = Call(
+        organization_id=organization_id,
+        **{
+            "direction": "inbound",
+            "from_number": "+14155550123",
+            "to_number": "+14155550100",
+            "status": "in_progress",
+            **fields,
+        },
+    )
+    db.add(call)
+    db.commit()
+    return call
+
+
+def poll_until(condition: Callable[[], bool], seconds: float = 2.0) -> bool:
+    """True once `condition()` holds, polled every 10 ms; False after `seconds`."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True

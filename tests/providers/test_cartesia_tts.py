@@ -7,7 +7,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,6 +24,7 @@ from scripts.fakes.cartesia_tts import (
 from shared.config import Settings
 from shared.providers.tts.cartesia import CartesiaTts, CartesiaTtsError
 from shared.resilience import ProviderUnavailable, guard
+from tests.conftest import poll_until
 from tests.providers.playing import Player, collect
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -56,15 +57,6 @@ def tts(fake: FakeCartesiaTts) -> Iterator[CartesiaTts]:
     client = provider(fake.url)
     yield client
     client.close()
-
-
-def wait_for(condition: Callable[[], bool], seconds: float = 2.0) -> bool:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
 
 
 def speak(tts: CartesiaTts, *pieces: str, voice: str | None = None) -> tuple[str, bytes]:
@@ -142,7 +134,9 @@ def test_cancel_sends_a_cancel_and_ends_the_audio_at_once(fake: FakeCartesiaTts)
     assert player.error is None
     time.sleep(0.2)  # the server was still sending: none of it reaches the sink
     assert len(player.chunks) == played
-    assert wait_for(lambda: fake.received()[-1] == {"context_id": turn.context_id, "cancel": True})
+    assert poll_until(
+        lambda: fake.received()[-1] == {"context_id": turn.context_id, "cancel": True}
+    )
     fake.pace = 0.0
     _, audio_after = speak(tts, "Next.")  # the cancelled context's leftovers do not leak
     assert audio_after == tone(len("Next.") * BYTES_PER_CHAR)
@@ -287,4 +281,4 @@ def test_the_fake_accepts_an_x_api_key_and_requires_a_version(fake: FakeCartesia
         connect(url, additional_headers=key, legacy=True)
     with connect(f"{url}?cartesia_version=2026-03-01", additional_headers=key, legacy=True) as ws:
         ws.send('{"context_id": "c1", "cancel": true}')
-    assert wait_for(lambda: fake.received() == [{"context_id": "c1", "cancel": True}])
+    assert poll_until(lambda: fake.received() == [{"context_id": "c1", "cancel": True}])

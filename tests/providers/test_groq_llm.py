@@ -8,7 +8,7 @@ import select
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import httpcore
 import pytest
@@ -30,6 +30,7 @@ from shared.providers.llm.base import (
 )
 from shared.providers.llm.groq import DEFAULT_MODEL, GroqLlm, LlmError, LlmStreamError
 from shared.resilience import ProviderUnavailable, guard
+from tests.conftest import poll_until
 
 API_KEY = "gsk_test_key"
 TRANSFER_TO = "+14155550100"
@@ -285,18 +286,9 @@ def test_a_connection_the_server_closed_reads_as_readable() -> None:
         server_side, _ = listener.accept()
         assert stream.get_extra_info("is_readable") is False
         server_side.close()  # the server hangs up on an idle connection
-        assert wait_until(lambda: stream.get_extra_info("is_readable") is True)
+        assert poll_until(lambda: stream.get_extra_info("is_readable") is True)
         stream.close()
         assert stream.get_extra_info("is_readable") is True
-
-
-def wait_until(condition: Callable[[], bool], seconds: float = 2.0) -> bool:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
 
 
 def test_a_finished_reply_leaves_nothing_for_the_garbage_collector(

@@ -17,7 +17,7 @@ from shared.config import Settings
 from shared.db.models import Call, Customer
 from shared.providers.crm.hubspot import HubSpotClient, engagement_marker, engagement_title
 from shared.services import crm_sync
-from tests.conftest import add_org
+from tests.conftest import add_call, add_org
 from workers import runtime
 from workers.middleware import DatabaseSession
 
@@ -46,10 +46,10 @@ def call(db: Session) -> Call:
     )
     db.add(customer)
     db.flush()
-    row = Call(
-        organization_id=org.id,
+    return add_call(
+        db,
+        org.id,
         customer_id=customer.id,
-        direction="inbound",
         from_number=CALLER,
         to_number=NUMBER,
         status="completed",
@@ -58,9 +58,6 @@ def call(db: Session) -> Call:
         duration_seconds=42.0,
         ended_at=datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC),
     )
-    db.add(row)
-    db.commit()
-    return row
 
 
 def customer_of(db: Session, call: Call) -> Customer:

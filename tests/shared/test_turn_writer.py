@@ -11,9 +11,9 @@ import pytest
 from sqlalchemy import event, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared.db.models import Agent, Call, CallTurn
+from shared.db.models import Agent, CallTurn
 from shared.voice.recorder import TurnRecord, TurnWriter
-from tests.conftest import add_org
+from tests.conftest import add_call, add_org
 
 
 def new_call(db: Session) -> uuid.UUID:
@@ -21,17 +21,7 @@ def new_call(db: Session) -> uuid.UUID:
     agent = Agent(organization_id=org.id, name="Desk", persona="", greeting="Hi.", closing="Bye.")
     db.add(agent)
     db.flush()
-    call = Call(
-        organization_id=org.id,
-        agent_id=agent.id,
-        direction="inbound",
-        from_number="+14155550123",
-        to_number="+14155550100",
-        status="in_progress",
-    )
-    db.add(call)
-    db.commit()
-    return call.id
+    return add_call(db, org.id, agent_id=agent.id).id
 
 
 def turn(seq: int) -> TurnRecord:

@@ -39,15 +39,17 @@ PING_S = 25.0
 
 
 def media_stream(ws: Any) -> None:
-    sock = MediaSocket(ws, max_message_bytes=MAX_MESSAGE_BYTES, ping_s=PING_S)
+    runtime: VoiceRuntime = current_app.extensions["voice"]
+    sock = MediaSocket(
+        ws, max_message_bytes=MAX_MESSAGE_BYTES, ping_s=PING_S, ticker=runtime.read_ticker()
+    )
     try:
-        _serve(sock)
+        _serve(runtime, sock)
     finally:
         sock.close()
 
 
-def _serve(ws: MediaSocket) -> None:
-    runtime: VoiceRuntime = current_app.extensions["voice"]
+def _serve(runtime: VoiceRuntime, ws: MediaSocket) -> None:
     grant = stream_tokens.redeem(runtime.settings.signing_key, request.args.get("token", ""))
     if grant is None:
         return _reject(ws, "invalid or expired stream token")

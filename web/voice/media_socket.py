@@ -43,6 +43,7 @@ from websockets.server import ServerProtocol
 from websockets.speedups import apply_mask  # C; websockets builds it on every platform we use
 
 from shared.background import start_worker
+from web.voice.read_ticker import ReadTicker
 
 RECV_BYTES = 65536
 _DATA = (Opcode.TEXT, Opcode.BINARY, Opcode.CONT)
@@ -80,9 +81,18 @@ class MediaSocket:
     any greenlet of the call: writes are serialised so frames never interleave.
     """
 
-    def __init__(self, ws: Any, *, max_message_bytes: int, ping_s: float) -> None:
+    def __init__(
+        self,
+        ws: Any,
+        *,
+        max_message_bytes: int,
+        ping_s: float,
+        ticker: ReadTicker | None = None,
+    ) -> None:
         self._ws = ws
         self._sock = ws.sock
+        self._ticker = ticker
+        self._fileno = self._sock.fileno() if ticker is not None else -1
         self._protocol = ServerProtocol(state=State.OPEN, max_size=max_message_bytes)
         self._write_lock = threading.Lock()  # a gevent lock once threading is patched
         self._messages: deque[bytes] = deque()
@@ -91,7 +101,11 @@ class MediaSocket:
         self._max_size = max_message_bytes
         self._ping_s = ping_s
         self._timeout: float | None = None  # the socket's own, for receive(timeout) only
-        self._wait_readable = _readiness_wait(self._sock)
+        # Waits for data before each untimed read: on the process's ticker when there is
+        # one (read_ticker.py), else on the socket's own watcher.
+        self._wait_readable = (
+            ticker.readable(self._fileno) if ticker is not None else _readiness_wait(self._sock)
+        )
         self._heard = False  # something arrived since the watchdog last looked
         self._stopped = threading.Event()
         self._watchdog = start_worker(self._watch, "media-ping")
@@ -121,6 +135,8 @@ class MediaSocket:
     def close(self, code: int = 1000, reason: str = "") -> None:
         """Start the closing handshake (idempotent); the socket is gunicorn's to close."""
         self._stopped.set()
+        if self._ticker is not None:
+            self._ticker.forget(self._fileno)
         with self._write_lock:
             if self._protocol.state is State.OPEN:
                 self._protocol.send_close(code, reason)

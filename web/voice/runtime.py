@@ -25,6 +25,7 @@ from shared.services.call_context import CallStart
 from shared.voice.call_loop import LoopConfig
 from shared.voice.recorder import TurnWriter
 from shared.voice.stages import CallProviders
+from web.voice.read_ticker import ReadTicker, read_ticker
 
 log = logging.getLogger(__name__)
 
@@ -136,9 +137,17 @@ class VoiceRuntime:
     loop_config: LoopConfig
     ready: bool = False  # local models loaded: calls answer without a cold start
     turns: TurnWriter = field(init=False)  # every call's turns, stored off the audio path
+    _ticker: ReadTicker | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         self.turns = TurnWriter(self.sessions)
+
+    def read_ticker(self) -> ReadTicker | None:
+        """The process's media-read ticker, made on first use: in the worker, on its hub
+        (None where there is no epoll)."""
+        if self._ticker is None:
+            self._ticker = read_ticker()
+        return self._ticker
 
     def call_providers(self) -> CallProviders:
         return self.providers.for_call()

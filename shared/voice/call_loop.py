@@ -232,8 +232,14 @@ class CallLoop:
         self.playout.wait_heard(reply.audio)  # a barge-in clears it, which ends the wait
         if self.reply is not reply:
             return
-        self._record_reply(reply, interrupted=False)
+        # A send that fails closes the playout, which ends the wait too, and that can come
+        # before the reader sees the socket's end: then the caller heard only what was
+        # marked, and the turn was cut off.
+        cut_off = self.playout.closed and not self._fully_heard(reply)
+        self._record_reply(reply, interrupted=cut_off)
         self.reply = None
+        if cut_off:
+            return
         if reply.tool == "end_call":
             self.on_end_call()
         elif reply.tool == "transfer_call" and reply.arguments.get("to"):

@@ -1,0 +1,132 @@
+"""The call loop with scripted providers: what a turn records when the socket goes first
+under the playout (its send fails) rather than under the reader."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import gevent
+
+from shared.providers.llm.base import AgentContext, ChatMessage, LlmEvent, LlmEventKind
+from shared.voice import telnyx_media as tm
+from shared.voice.call_loop import CallLoop, CallSetup
+from shared.voice.recorder import TurnRecord
+from shared.voice.stages import CallProviders, Stage
+
+WORDS = "one two three four five six seven eight nine ten"
+AUDIO = b"\x7f" * 8000  # one second: ten 100 ms chunks
+
+
+class ScriptedLlm:
+    name = "scripted"
+
+    def stream(self, context: AgentContext, history: list[ChatMessage]) -> Iterator[LlmEvent]:
+        for word in WORDS.split():
+            yield LlmEvent(LlmEventKind.TOKEN, word + " ")
+        yield LlmEvent(LlmEventKind.DONE)
+
+
+class ScriptedTurn:
+    def push(self, text: str) -> None:
+        """The audio is fixed: one second, whatever the text."""
+
+    def end(self) -> None:
+        """Nothing is buffered."""
+
+    def play(self, sink: Callable[[bytes], None]) -> None:
+        sink(AUDIO)
+
+    def cancel(self) -> None:
+        """Nothing is in flight."""
+
+
+class ScriptedTts:
+    name = "scripted"
+
+    def start_turn(self, voice: str | None, language: str) -> ScriptedTurn:
+        return ScriptedTurn()
+
+
+class SilentStt:
+    name = "silent"
+
+    def open(self, language: str, on_event: Any, *, on_error: Any = None) -> SilentStt:
+        return self
+
+    def send(self, pcmu: bytes) -> None:
+        """The caller says nothing here."""
+
+    def close(self) -> None:
+        """Nothing to close."""
+
+
+class NeutralSentiment:
+    name = "neutral"
+
+    def score(self, text: str) -> float:
+        return 0.0
+
+
+class Records:
+    def __init__(self) -> None:
+        self.turns: list[TurnRecord] = []
+
+    def record(self, turn: TurnRecord) -> None:
+        self.turns.append(turn)
+
+    def close(self, timeout: float) -> None:
+        """Nothing pending: records are kept in memory."""
+
+
+class DroppingSocket:
+    """Telnyx plays the first chunk (its mark comes back), then the connection is gone."""
+
+    def __init__(self) -> None:
+        self.loop: CallLoop | None = None
+        self.sends = 0
+        self.marks: list[str] = []
+
+    def __call__(self, *messages: str) -> None:
+        self.sends += 1
+        if self.sends == 2 and self.loop is not None:
+            self.loop.feed(tm.Mark(self.marks[0]))
+        if self.sends == 3:
+            raise tm.StreamClosed("BrokenPipeError")
+        for message in messages:
+            frame = json.loads(message)
+            if frame["event"] == "mark":
+                self.marks.append(frame["mark"]["name"])
+
+
+def stage(kind: str, provider: Any) -> Stage[Any]:
+    return Stage(kind, provider, provider)
+
+
+def test_a_send_failing_before_the_reader_sees_the_drop_records_the_turn_as_cut_off() -> None:
+    socket, records = DroppingSocket(), Records()
+    loop = CallLoop(
+        send=socket,
+        providers=CallProviders(
+            stt=stage("stt", SilentStt()),
+            tts=stage("tts", ScriptedTts()),
+            llm=stage("llm", ScriptedLlm()),
+            sentiment=stage("sentiment", NeutralSentiment()),
+        ),
+        setup=CallSetup(AgentContext(persona="", greeting="Hi", closing="Bye"), None, "en"),
+        sink=records,
+        on_end_call=lambda: None,
+        on_transfer=lambda to: None,
+    )
+    socket.loop = loop
+    loop.start()
+    with gevent.Timeout(5):
+        while not records.turns:
+            gevent.sleep(0.01)
+    loop.close()
+    assert socket.sends == 3
+    [greeting] = records.turns
+    assert greeting.speaker == "agent"
+    assert greeting.interrupted
+    assert greeting.text == "one"  # the first 100 ms of one second: a tenth of the words

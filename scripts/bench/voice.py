@@ -735,30 +735,32 @@ class _Metronome:
         return True
 
 
-def phased_loops(k: int) -> list[MediaLoop]:
-    """`k` MediaLoops whose 20 ms ticks are spread evenly over the 20 ms. Telnyx streams
-    start whenever their calls do, so their frames do not all arrive at the same instant;
-    on one shared loop every call's frame would arrive in the same burst."""
+def phased_loops(k: int, phases: int = 1) -> list[MediaLoop]:
+    """`k` MediaLoops of `phases` slots each, their k * phases send instants spread evenly
+    over the 20 ms. Telnyx streams start whenever their calls do, so their frames do not
+    all arrive at the same instant; on one shared loop every call's frame would arrive in
+    the same burst, and a receiver that reads a burst per wake-up would look cheaper than
+    it is with real traffic."""
     loops: list[MediaLoop] = []
     base = time.monotonic()
     for i in range(k):
-        time.sleep(max(0.0, base + i * TICK / k - time.monotonic()))
-        loop = MediaLoop()
+        time.sleep(max(0.0, base + i * TICK / (k * phases) - time.monotonic()))
+        loop = MediaLoop(phases=phases)
         loop.want_ticks(_Metronome())
         loops.append(loop)
     return loops
 
 
 class Phones:
-    """Calls placed on one voice server, spread over `loops` phased MediaLoops;
-    `hang_up()` ends them all (threads joined, loops closed)."""
+    """Calls placed on one voice server, spread over `loops` phased MediaLoops of `phases`
+    slots each; `hang_up()` ends them all (threads joined, loops closed)."""
 
-    def __init__(self, server: VoiceServer, tenant: Tenant, loops: int) -> None:
+    def __init__(self, server: VoiceServer, tenant: Tenant, loops: int, phases: int) -> None:
         self.server, self.tenant = server, tenant
         self.stop = threading.Event()
         self.callers: list[Caller] = []
         self.tickets: list[Ticket] = []
-        self.loops = phased_loops(loops)
+        self.loops = phased_loops(loops, phases)
 
     @property
     def send_lateness(self) -> float:
@@ -912,7 +914,7 @@ def run_a(ctx: Context) -> list[str]:
         quiet = wait_until_quiet(args.quiet_wait)
         log(f"  {quiet}")
         before = scrape(server)
-        phones = Phones(server, ctx.tenant, ctx.args.phone_loops)
+        phones = Phones(server, ctx.tenant, ctx.args.phone_loops, ctx.args.phone_phases)
         try:
             phones.dial(args.a_calls, turns=args.a_turns, rate=2)
             phones.wait_done(args.a_turns * 30 + 60)
@@ -1113,7 +1115,7 @@ def run_ramp(ctx: Context) -> list[str]:
         meter = cpu_meter(ctx, server)
         quiet = wait_until_quiet(args.quiet_wait)
         log(f"  {quiet}")
-        windows, phones = Windows(), Phones(server, ctx.tenant, args.phone_loops)
+        windows, phones = Windows(), Phones(server, ctx.tenant, args.phone_loops, args.phone_phases)
         try:
             for step, calls in enumerate(args.steps):
                 log(f"  {calls} calls ({load_line()})")
@@ -1188,7 +1190,7 @@ def relay_baseline(ctx: Context, results: list[StepResult]) -> list[str]:
     against it (the VM's speed drifts between runs, not within minutes)."""
     streams, args = ctx.args.relay_streams, ctx.args
     log(f"  baseline: the naive flask-sock relay at {streams} streams")
-    loops = phased_loops(args.phone_loops)
+    loops = phased_loops(args.phone_loops, args.phone_phases)
     phones: list[FakeTelnyxCall] = []
     with relay_server(ctx) as (port, worker):
         try:  # the phones hang up before the relay stops (it waits for open connections)
@@ -1282,7 +1284,7 @@ def chunk_run(ctx: Context, chunk: int, idle: bool) -> tuple[StepResult, str]:
         meter = cpu_meter(ctx, server)
         quiet = wait_until_quiet(args.quiet_wait)
         log(f"  {quiet}")
-        windows, phones = Windows(), Phones(server, ctx.tenant, args.phone_loops)
+        windows, phones = Windows(), Phones(server, ctx.tenant, args.phone_loops, args.phone_phases)
         try:
             if idle:
                 phones.dial(args.chunk_calls, turns=0, hold=True)
@@ -1434,7 +1436,7 @@ def run_c(ctx: Context) -> list[str]:
         log(f"  {quiet}")
         meter = CpuMeter({"voice": server.worker})
         for _ in range(args.c_calls):  # one call at a time: the latency of one turn alone
-            phones = Phones(server, ctx.tenant, ctx.args.phone_loops)
+            phones = Phones(server, ctx.tenant, ctx.args.phone_loops, ctx.args.phone_phases)
             try:
                 phones.dial(1, turns=args.c_turns)
                 phones.wait_done(args.c_turns * 40 + 60)
@@ -1539,6 +1541,12 @@ def _parse_args() -> argparse.Namespace:
         help="MediaLoop threads for the phones, their 20 ms ticks spread evenly",
     )
     parser.add_argument(
+        "--phone-phases",
+        type=int,
+        default=5,
+        help="send slots per phone loop: loops x phases instants per 20 ms (1: a burst per loop)",
+    )
+    parser.add_argument(
         "--pin",
         action=argparse.BooleanOptionalAction,
         default=True,
@@ -1577,6 +1585,12 @@ def main() -> int:
     print("\n".join(["machine", *machine_facts()]), flush=True)
     all_cpus = os.sched_getaffinity(0)
     voice_cpu = pin_load_generators(args.pin)
+    instants = args.phone_loops * args.phone_phases
+    print(
+        f"phones   {args.phone_loops} loop threads x {args.phone_phases} send slots: "
+        f"frames leave at {instants} instants of each 20 ms",
+        flush=True,
+    )
     with services(settings, database=DATABASE, fresh=True) as endpoints:
         upgrade(endpoints.database_url)
         engine = make_engine(endpoints.database_url, pool_size=2)

@@ -44,8 +44,15 @@ class Ticker(Protocol):
 class MediaLoop:
     """A selector loop with timers and a shared 20 ms tick, on its own daemon thread."""
 
-    def __init__(self, tick: float = TICK) -> None:
+    def __init__(self, tick: float = TICK, phases: int = 1) -> None:
         self.tick = tick
+        # Tickers are dealt round-robin to `phases` slots spread evenly over the tick, so
+        # their frames leave at `phases` instants of each 20 ms rather than in one burst
+        # (real Telnyx streams each keep the phase their call started on).
+        self.phases = max(1, phases)
+        self._phase = 0  # the slot whose tick is due next
+        self._dealt = itertools.count()
+        self._phase_of: dict[Ticker, int] = {}
         self.max_lateness = 0.0  # worst delay of a tick behind its schedule, in seconds
         self._sel = selectors.DefaultSelector()
         self._wake_r, self._wake_w = socket.socketpair()
@@ -89,8 +96,10 @@ class MediaLoop:
         """Tick `ticker` every 20 ms, from the next tick on, until it returns False."""
         with self._lock:
             if not self._tickers:
-                self._tick_due = time.monotonic()
+                self._tick_due, self._phase = time.monotonic(), 0
             self._tickers[ticker] = next(self._order)
+            if ticker not in self._phase_of:
+                self._phase_of[ticker] = next(self._dealt) % self.phases
         self._wake()
 
     def run(self, fn: Callable[[], Any]) -> None:
@@ -198,9 +207,11 @@ class MediaLoop:
             due = self._tick_due
             if due is None or not self._tickers or now < due:
                 return
-            tickers = list(self._tickers.items())
-            # Schedule k is t0 + k*tick: a late tick is caught up next turn, never re-based.
-            self._tick_due = due + self.tick
+            phase = self._phase
+            tickers = [(t, gen) for t, gen in self._tickers.items() if self._phase_of[t] == phase]
+            # Slot k is t0 + k*tick/phases: a late tick is caught up next turn, never re-based.
+            self._tick_due = due + self.tick / self.phases
+            self._phase = (phase + 1) % self.phases
         self.max_lateness = max(self.max_lateness, now - due)
         finished = [(t, gen) for t, gen in tickers if not _tick(t, due, now)]
         if finished:
@@ -208,6 +219,7 @@ class MediaLoop:
                 for ticker, gen in finished:
                     if self._tickers.get(ticker) == gen:
                         del self._tickers[ticker]
+                        del self._phase_of[ticker]
 
 
 def _registered(sel: selectors.BaseSelector, sock: socket.socket) -> bool:

@@ -335,6 +335,37 @@ def test_many_calls_share_one_loop_thread(make_server):
     assert all(8 <= len(server.conn(i).of("media")) <= 12 for i in range(5))
 
 
+class Recorder:
+    """A ticker that records the slot it was ticked for, for `ticks` ticks."""
+
+    def __init__(self, ticks: int) -> None:
+        self.dues: list[float] = []
+        self.ticks = ticks
+
+    def on_tick(self, due: float, now: float) -> bool:
+        self.dues.append(due)
+        return len(self.dues) < self.ticks
+
+
+def test_a_loop_with_phases_deals_its_calls_to_slots_spread_over_the_tick():
+    with MediaLoop(phases=4) as loop:
+        tickers = [Recorder(ticks=5) for _ in range(8)]
+        for ticker in tickers:
+            loop.want_ticks(ticker)
+        deadline = time.monotonic() + 2
+        while any(len(t.dues) < 5 for t in tickers) and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+    start = min(t.dues[0] for t in tickers)
+    offsets = [(t.dues[0] - start) * 1000 for t in tickers]  # in ms
+    assert all(abs(ms - 5 * round(ms / 5)) < 0.01 for ms in offsets)  # on a 5 ms grid
+    slots = sorted(round(ms / 5) % 4 for ms in offsets)
+    assert slots == [0, 0, 1, 1, 2, 2, 3, 3]  # two calls per slot, the slots 5 ms apart
+    for ticker in tickers:  # each call keeps its slot: one frame every 20 ms
+        gaps = {round((b - a) * 1000, 1) for a, b in itertools.pairwise(ticker.dues)}
+        assert gaps == {20.0}
+
+
 def test_any_wav_becomes_8khz_mono_mulaw(tmp_path: Path):
     path = tmp_path / "stereo16k.wav"
     tone = [int(8000 * math.sin(2 * math.pi * 440 * n / 16000)) for n in range(8000)]

@@ -84,14 +84,6 @@ class ReadTicker:
         if not self._waiters and self._timer is not None:
             self._timer.stop()
 
-    def close(self) -> None:
-        for fileno in list(self._waiters):
-            self.forget(fileno)
-        if self._timer is not None:
-            self._timer.close()
-            self._timer = None
-        self._epoll.close()
-
     @property
     def watched(self) -> int:
         return len(self._waiters)

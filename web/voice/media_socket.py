@@ -6,7 +6,8 @@ and hands every message over through an Event, two more greenlet switches for ea
 frame of every call, and frames with wsproto, pure Python (13 µs per media frame here
 against 3.7 µs for websockets' sans-I/O protocol, C-accelerated unmasking). At 50 inbound
 frames a second per call, those hand-offs were most of an open line's cost. So the reader
-greenlet recv()s and parses here, and `send()` frames with the same protocol object.
+greenlet recv()s and parses here, and `send()` frames with the same protocol object. The
+reader is woken by the process's read ticker (`read_ticker.py`) when there is one.
 
 Inbound framing has a fast path, written here because it is the hottest code of the voice
 process: websockets' parser is a chain of generators (`read_exact` per header field), which

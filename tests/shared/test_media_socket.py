@@ -10,7 +10,6 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import pytest
 from simple_websocket import ConnectionClosed
@@ -19,15 +18,8 @@ from websockets.frames import Frame, Opcode
 from websockets.protocol import State
 from websockets.uri import parse_uri
 
+from tests.shared.socket_doubles import Upgraded
 from web.voice.media_socket import MediaSocket
-
-
-@dataclass
-class Upgraded:
-    """What MediaSocket takes from flask-sock: the socket and the `connected` flag."""
-
-    sock: socket.socket
-    connected: bool = True
 
 
 class Peer:
@@ -295,41 +287,15 @@ def test_protocol_violations_fail_the_stream_with_1002(bad: bytes) -> None:
 GEVENT_READS = """
 from gevent import monkey
 monkey.patch_all()
-import socket, time, gevent
+import socket, gevent
 from simple_websocket import ConnectionClosed
-from websockets.client import ClientProtocol
-from websockets.protocol import State
-from websockets.uri import parse_uri
+from tests.shared.socket_doubles import Upgraded, count_recvs, phone
 from web.voice.media_socket import MediaSocket
 
-class Counting:
-    def __init__(self, raw):
-        self.raw, self.calls = raw, 0
-    def recv(self, *args):
-        self.calls += 1
-        return self.raw.recv(*args)
-    def __getattr__(self, name):
-        return getattr(self.raw, name)
-
-class Upgraded:
-    def __init__(self, sock):
-        self.sock, self.connected = sock, True
-
 server, client = socket.socketpair()
-counting = Counting(server._sock)
-server._sock = counting
+counting = count_recvs(server)
 media = MediaSocket(Upgraded(server), max_message_bytes=1024, ping_s=5)
-peer = ClientProtocol(parse_uri("ws://voice/media/telnyx"), state=State.OPEN)
-
-def phone():
-    for n in range(20):
-        gevent.sleep(0.005)
-        peer.send_text(b'{"n": %d}' % n)
-        client.sendall(b"".join(peer.data_to_send()))
-    gevent.sleep(0.005)
-    client.close()
-
-gevent.spawn(phone)
+gevent.spawn(phone, client, [b'{"n": %d}' % n for n in range(20)], 0.005, [])
 got = []
 try:
     while True:

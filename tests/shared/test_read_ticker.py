@@ -20,42 +20,16 @@ import socket
 import gevent
 from gevent.event import Event
 from simple_websocket import ConnectionClosed
-from websockets.client import ClientProtocol
-from websockets.protocol import State
-from websockets.uri import parse_uri
 
+from tests.shared.socket_doubles import Upgraded, count_recvs, phone
 from web.voice.media_socket import MediaSocket
 from web.voice.read_ticker import read_ticker
 
 FRAMES = 20
 
 
-class Counting:
-    def __init__(self, raw):
-        self.raw, self.calls = raw, 0
-
-    def recv(self, *args):
-        self.calls += 1
-        return self.raw.recv(*args)
-
-    def __getattr__(self, name):
-        return getattr(self.raw, name)
-
-
-class Upgraded:
-    def __init__(self, sock):
-        self.sock, self.connected = sock, True
-
-
-def phone(client, name, sent):
-    peer = ClientProtocol(parse_uri("ws://voice/media/telnyx"), state=State.OPEN)
-    for n in range(FRAMES):
-        gevent.sleep(0.003)
-        peer.send_text(b"%s %d" % (name.encode(), n))
-        client.sendall(b"".join(peer.data_to_send()))
-        sent.append(n)
-    gevent.sleep(0.003)
-    client.close()
+def frames(name):
+    return [b"%s %d" % (name.encode(), n) for n in range(FRAMES)]
 
 
 def reader(media, got, hold=None):
@@ -75,11 +49,10 @@ calls = {}
 hold = Event()
 for name in ("a", "b", "c"):
     server, client = socket.socketpair()
-    counting = Counting(server._sock)
-    server._sock = counting
+    counting = count_recvs(server)
     media = MediaSocket(Upgraded(server), max_message_bytes=1024, ping_s=5, ticker=ticker)
     calls[name] = {"got": [], "sent": [], "counting": counting}
-    gevent.spawn(phone, client, name, calls[name]["sent"])
+    gevent.spawn(phone, client, frames(name), 0.003, calls[name]["sent"])
     calls[name]["reader"] = gevent.spawn(
         reader, media, calls[name]["got"], hold if name == "a" else None
     )
@@ -100,7 +73,7 @@ waiting = gevent.spawn(reader, media, late)
 gevent.sleep(0.02)
 registered = ticker.watched
 ticker.forget(server.fileno())
-gevent.spawn(phone, client, "d", [])
+gevent.spawn(phone, client, frames("d"), 0.003, [])
 waiting.join(5)
 
 print(json.dumps({

@@ -224,11 +224,11 @@ class ContentDeepgram(deepgram_live.DeepgramLiveFake):
         self.transcript = transcript
         self.speech_bytes = speech_bytes
 
-    def _handle(self, connection: Any) -> None:
+    async def _handle(self, connection: Any) -> None:
         parts = urlsplit(connection.request.path)
         query = dict(parse_qsl(parts.query))
         session = deepgram_live.Session(parts.path, query, connection.request.headers)
-        _ContentResponder(self, connection, session).run()  # sessions not kept: hours of audio
+        await _ContentResponder(self, connection, session).run()  # sessions not kept
 
 
 def _start_fake(kind: str, times: ProviderTimes) -> tuple[str, Callable[[], None]]:

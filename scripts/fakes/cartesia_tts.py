@@ -19,10 +19,11 @@ Speaks the real protocol (docs.cartesia.ai tts-websocket, SDK cartesia 4.2.0):
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
 import itertools
 import json
-import queue
 import threading
 import time
 from dataclasses import dataclass, field
@@ -31,10 +32,11 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
+from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
-from websockets.sync.server import Server, ServerConnection, serve
 
+from scripts.fakes.ws_server import WsServerThread
 from shared.voice.audio import pcm16_to_ulaw
 
 WS_PATH = "/tts/websocket"
@@ -70,51 +72,47 @@ class Handshake:
 
 
 class _Context:
-    """One context's audio stream, produced on its own thread in input order."""
+    """One context's audio stream, produced by a task of its own in input order."""
 
     def __init__(self, fake: FakeCartesiaTts, ws: ServerConnection, context_id: str) -> None:
         self.fake, self.ws, self.id = fake, ws, context_id
         self.fields: dict[str, Any] = {}
         self.ended = False
         self.flushes = 0
-        self.work: queue.Queue[tuple[str, int]] = queue.Queue()
-        self.cancelled = threading.Event()
+        self.work: asyncio.Queue[tuple[str, int]] = asyncio.Queue()
         self.sent = 0  # audio bytes so far: where the tone continues
-        threading.Thread(target=self._run, daemon=True, name=f"ctx-{context_id}").start()
+        self.task = asyncio.create_task(self._run(), name=f"ctx-{context_id}")
 
-    def _run(self) -> None:
+    def cancel(self) -> None:
+        self.task.cancel()
+
+    async def _run(self) -> None:
         first = True
-        try:
-            while not self.cancelled.is_set():
-                kind, value = self.work.get()
+        with contextlib.suppress(ConnectionClosed):
+            while True:
+                kind, value = await self.work.get()
                 if kind == "audio" and first:
                     first = False
-                    self.cancelled.wait(self.fake.latency_ms / 1000)
-                if self.cancelled.is_set():
-                    return
+                    await asyncio.sleep(self.fake.latency_ms / 1000)
                 if kind == "audio":
-                    self._stream(value)
+                    await self._stream(value)
                 elif kind == "flush":
-                    self._send(type="flush_done", done=False, flush_done=True, flush_id=value)
+                    await self._send(type="flush_done", done=False, flush_done=True, flush_id=value)
                 else:
-                    self._send(type="done", done=True, status_code=200)
+                    await self._send(type="done", done=True, status_code=200)
                     return
-        except ConnectionClosed:
-            return
 
-    def _stream(self, n_bytes: int) -> None:
+    async def _stream(self, n_bytes: int) -> None:
         step = self.fake.chunk_ms * SAMPLE_RATE // 1000
         for offset in range(0, n_bytes, step):
-            if self.cancelled.is_set():
-                return
             size = min(step, n_bytes - offset)
             data = base64.b64encode(tone(size, self.sent)).decode()
             self.sent += size
-            self._send(type="chunk", data=data, done=False, status_code=206, step_time=1.0)
-            self.cancelled.wait(size / SAMPLE_RATE * self.fake.pace)
+            await self._send(type="chunk", data=data, done=False, status_code=206, step_time=1.0)
+            await asyncio.sleep(size / SAMPLE_RATE * self.fake.pace)
 
-    def _send(self, **message: Any) -> None:
-        self.ws.send(json.dumps({"context_id": self.id, **message}))
+    async def _send(self, **message: Any) -> None:
+        await self.ws.send(json.dumps({"context_id": self.id, **message}))
 
 
 class FakeCartesiaTts:
@@ -138,26 +136,24 @@ class FakeCartesiaTts:
         self._failures: list[dict[str, Any]] = []
         self._ids = itertools.count(1)
         self._numbers: dict[object, int] = {}  # websockets' connection id → 1, 2, ...
-        self._open: set[ServerConnection] = set()
-        self._lock = threading.Lock()
-        self._server: Server = serve(
-            self._handle, "127.0.0.1", 0, process_request=self._check_handshake
-        )
+        self._open: set[ServerConnection] = set()  # touched on the server's loop only
+        self._lock = threading.Lock()  # what tests read and script from their own thread
+        self._server = WsServerThread(self._handle, process_request=self._check_handshake)
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self._server.socket.getsockname()[1]}"
+        return f"http://127.0.0.1:{self._server.port}"
 
     @property
     def ws_url(self) -> str:
         return "ws" + self.url.removeprefix("http")
 
     def start(self) -> FakeCartesiaTts:
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        self._server.start()
         return self
 
     def stop(self) -> None:
-        self._server.shutdown()
+        self._server.stop()
 
     def reject_next(self, status: int, count: int = 1) -> None:
         """Answer the next `count` handshakes with HTTP `status`."""
@@ -173,10 +169,12 @@ class FakeCartesiaTts:
 
     def drop_connections(self) -> None:
         """Close every open connection (code 1011), as a server restart would."""
-        with self._lock:
-            connections = list(self._open)
-        for ws in connections:
-            ws.close(1011, "fake dropped the connection")
+
+        async def drop() -> None:
+            for ws in list(self._open):
+                await ws.close(1011, "fake dropped the connection")
+
+        self._server.call(drop())
 
     def received(self, context_id: str | None = None) -> list[dict[str, Any]]:
         """Messages received so far, optionally of one context, in order."""
@@ -212,45 +210,43 @@ class FakeCartesiaTts:
             return bearer.removeprefix("Bearer ")
         return headers.get("x-api-key") or query.get("api_key") or query.get("access_token")
 
-    def _handle(self, ws: ServerConnection) -> None:
+    async def _handle(self, ws: ServerConnection) -> None:
         contexts: dict[str, _Context] = {}
-        with self._lock:
-            self._open.add(ws)
+        self._open.add(ws)
         try:
-            for raw in ws:
-                self._on_message(ws, contexts, raw)
+            async for raw in ws:
+                await self._on_message(ws, contexts, raw)
         except ConnectionClosed:
             pass
         finally:
-            with self._lock:
-                self._open.discard(ws)
+            self._open.discard(ws)
             for context in contexts.values():
-                context.cancelled.set()
+                context.cancel()
 
-    def _on_message(
+    async def _on_message(
         self, ws: ServerConnection, contexts: dict[str, _Context], raw: str | bytes
     ) -> None:
         try:
             message = json.loads(raw)
         except ValueError:
-            return _error(ws, None, 400, "Invalid JSON", "the message is not JSON")
+            return await _error(ws, None, 400, "Invalid JSON", "the message is not JSON")
         with self._lock:
             self.messages.append(Received(self._numbers[ws.id], message))
         context_id = message.get("context_id")
         if message.get("cancel"):
             context = contexts.pop(context_id, None)
             if context is not None:
-                context.cancelled.set()
+                context.cancel()
             return None
         problem = self._problem(contexts.get(context_id), message)
         if problem:
-            return _error(ws, context_id, 400, "Invalid request", problem)
+            return await _error(ws, context_id, 400, "Invalid request", problem)
         with self._lock:
             failure = (
                 self._failures.pop(0) if context_id not in contexts and self._failures else None
             )
         if failure:
-            return _error(ws, context_id, **failure)
+            return await _error(ws, context_id, **failure)
         if context_id not in contexts:
             contexts[context_id] = _Context(self, ws, context_id)
             contexts[context_id].fields = _fixed_fields(message)
@@ -280,23 +276,23 @@ def _fixed_fields(message: dict[str, Any]) -> dict[str, Any]:
 
 def _accept(context: _Context, message: dict[str, Any]) -> None:
     if message["transcript"]:
-        context.work.put(("audio", len(message["transcript"]) * BYTES_PER_CHAR))
+        context.work.put_nowait(("audio", len(message["transcript"]) * BYTES_PER_CHAR))
     if message.get("flush"):
         context.flushes += 1
-        context.work.put(("flush", context.flushes))
+        context.work.put_nowait(("flush", context.flushes))
     if not message.get("continue", False):
         context.ended = True
-        context.work.put(("done", 0))
+        context.work.put_nowait(("done", 0))
 
 
-def _error(
+async def _error(
     ws: ServerConnection, context_id: str | None, status_code: int, title: str, message: str
 ) -> None:
     body = {"type": "error", "done": True, "status_code": status_code, "title": title}
     body |= {"message": message, "error_code": "invalid_request", "request_id": "fake"}
     if context_id is not None:
         body["context_id"] = context_id
-    ws.send(json.dumps(body))
+    await ws.send(json.dumps(body))
 
 
 def start_fake_cartesia(api_key: str = DEFAULT_API_KEY, **options: Any) -> FakeCartesiaTts:

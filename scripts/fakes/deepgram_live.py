@@ -1,5 +1,5 @@
 """A fake Deepgram live STT server (`/v1/listen`, protocol v1 "Nova") for tests, benchmarks
-and scripts/simulate-call. It runs on plain threads (websockets' sync server).
+and scripts/simulate-call. It runs on one asyncio loop thread (`ws_server.WsServerThread`).
 
 It checks `Authorization: Token <key>` (401 otherwise) and the query (400 without `model`,
 or with `encoding` but no `sample_rate`), records each session's audio and control messages,
@@ -17,8 +17,9 @@ gets its final, without `speech_final`), then sends `Metadata` and closes.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
-import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -26,11 +27,12 @@ from http import HTTPStatus
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
+from websockets.asyncio.server import ServerConnection
 from websockets.datastructures import Headers
+from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
-from websockets.sync.server import Server, ServerConnection, serve
 
-from scripts.fakes.telnyx_media_loop import MediaLoop
+from scripts.fakes.ws_server import WsServerThread
 
 MODEL_INFO = {"name": "2-general-nova", "version": "2024-01-09.29447", "arch": "nova-3"}
 
@@ -79,35 +81,18 @@ class DeepgramLiveFake:
         self.drop_after_bytes = drop_after_bytes
         self.error_after_bytes = error_after_bytes
         self.sessions: list[Session] = []
-        self._server: Server = serve(
-            self._handle, "127.0.0.1", 0, process_request=self._check, compression=None
-        )
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-        self._later: MediaLoop | None = None
-        self._later_lock = threading.Lock()
+        self._server = WsServerThread(self._handle, process_request=self._check, compression=None)
 
     @property
     def url(self) -> str:
-        return f"ws://127.0.0.1:{self._server.socket.getsockname()[1]}"
+        return f"ws://127.0.0.1:{self._server.port}"
 
     def start(self) -> DeepgramLiveFake:
-        self._thread.start()
+        self._server.start()
         return self
 
     def stop(self) -> None:
-        self._server.shutdown()
-        self._thread.join(5)
-        if self._later is not None:
-            self._later.close()
-
-    def later(self) -> MediaLoop:
-        """The one thread that sends every connection's replies `latency_ms` late, on time.
-        A `threading.Timer` per reply (a thread started per message) came up to 220 ms late
-        with 100 connections on a busy core (the voice benchmark's barge-ins)."""
-        with self._later_lock:
-            if self._later is None:
-                self._later = MediaLoop()
-            return self._later
+        self._server.stop()
 
     def _check(self, connection: ServerConnection, request: Request) -> Response | None:
         parts = urlsplit(request.path)
@@ -120,16 +105,25 @@ class DeepgramLiveFake:
             return connection.respond(HTTPStatus.BAD_REQUEST, "Bad query\n")
         return None
 
-    def _handle(self, connection: ServerConnection) -> None:
+    async def _handle(self, connection: ServerConnection) -> None:
         assert connection.request is not None
         parts = urlsplit(connection.request.path)
         session = Session(parts.path, dict(parse_qsl(parts.query)), connection.request.headers)
         self.sessions.append(session)
-        _Responder(self, connection, session).run()
+        await _Responder(self, connection, session).run()
+
+
+@dataclass(frozen=True)
+class _Close:
+    """In the outbox: close the websocket with this code once what is before it is sent."""
+
+    code: int = 1000
+    reason: str = ""
 
 
 class _Responder:
-    """Plays the script for one connection."""
+    """Plays the script for one connection. Replies go through one outbox, in order; those
+    `latency_ms` late are put there by a loop timer."""
 
     def __init__(self, fake: DeepgramLiveFake, ws: ServerConnection, session: Session) -> None:
         self.fake = fake
@@ -141,43 +135,52 @@ class _Responder:
         )
         self.request_id = str(uuid.uuid4())
         self.pending = [_Step(u, self) for u in fake.script]
-        self.lock = threading.Lock()
+        self.outbox: asyncio.Queue[list[dict[str, Any]] | _Close | None] = asyncio.Queue()
         self.delayed = 0  # replies waiting for their `latency_ms`
-        self.idle = threading.Condition(self.lock)
+        self.idle = asyncio.Event()  # set while none is waiting
+        self.idle.set()
 
-    def run(self) -> None:
-        for message in self.ws:
-            if isinstance(message, bytes):
-                if not self._audio(message):
-                    return
-            elif self._control(json.loads(message)):
-                return
+    async def run(self) -> None:
+        sender = asyncio.create_task(self._sender())
+        try:
+            async for message in self.ws:
+                if isinstance(message, bytes):
+                    if not self._audio(message):
+                        break
+                elif await self._control(json.loads(message)):
+                    break
+        except ConnectionClosed:
+            pass
+        finally:
+            self.outbox.put_nowait(None)
+            await sender
 
     def _audio(self, data: bytes) -> bool:
         s = self.session
         s.audio.extend(data)
         s.frames.append((time.monotonic(), len(data)))
         if self.fake.drop_after_bytes is not None and len(s.audio) >= self.fake.drop_after_bytes:
-            self.ws.socket.close()  # no close frame: the client sees a dropped connection
+            assert self.ws.transport is not None
+            self.ws.transport.abort()  # no close frame: the client sees a dropped connection
             return False
         if self.fake.error_after_bytes is not None and len(s.audio) >= self.fake.error_after_bytes:
             error = {"type": "Error", "variant": "NET-0001", "description": "fake failure"}
             self._send([error])
-            self.ws.close(1011, "fake failure")
+            self.outbox.put_nowait(_Close(1011, "fake failure"))
             return False
         seconds = len(s.audio) / self.bytes_per_s
         for step in self.pending:
             self._send(step.due(seconds), delay=True)
         return True
 
-    def _control(self, message: dict[str, Any]) -> bool:
+    async def _control(self, message: dict[str, Any]) -> bool:
         self.session.controls.append((time.monotonic(), message))
         if message.get("type") != "CloseStream":
             return False
         self.session.closed_by_client = True
         seconds = len(self.session.audio) / self.bytes_per_s
-        with self.lock:  # replies still "processing" go out before Metadata
-            self.idle.wait_for(lambda: not self.delayed, timeout=5)
+        with contextlib.suppress(TimeoutError):  # replies still "processing" go out first
+            await asyncio.wait_for(self.idle.wait(), 5)
         for step in self.pending:
             self._send(step.flush(seconds))
         metadata = {
@@ -190,33 +193,37 @@ class _Responder:
             "channels": 1,
         }
         self._send([metadata])
-        self.ws.close()
+        self.outbox.put_nowait(_Close())
         return True
 
     def _send(self, messages: list[dict[str, Any]], delay: bool = False) -> None:
         if not messages:
             return
         if delay and self.fake.latency_ms:
-            with self.lock:
-                self.delayed += 1
-            due = time.monotonic() + self.fake.latency_ms / 1000
-            self.fake.later().call_at(due, lambda now: self._deliver(messages))
+            self.delayed += 1
+            self.idle.clear()
+            asyncio.get_running_loop().call_later(
+                self.fake.latency_ms / 1000, self._deliver, messages
+            )
             return
-        with self.lock:
-            for message in messages:
-                self.session.sent.append(message)
-                try:
-                    self.ws.send(json.dumps(message))
-                except Exception:  # the client went away first
-                    return
+        self.outbox.put_nowait(messages)
 
     def _deliver(self, messages: list[dict[str, Any]]) -> None:
-        try:
-            self._send(messages)
-        finally:
-            with self.lock:
-                self.delayed -= 1
-                self.idle.notify_all()
+        self.outbox.put_nowait(messages)
+        self.delayed -= 1
+        if not self.delayed:
+            self.idle.set()
+
+    async def _sender(self) -> None:
+        """Sends the outbox in order until None; a client gone first ends it too."""
+        with contextlib.suppress(ConnectionClosed):
+            while (item := await self.outbox.get()) is not None:
+                if isinstance(item, _Close):
+                    await self.ws.close(item.code, item.reason)
+                    return
+                for message in item:
+                    self.session.sent.append(message)
+                    await self.ws.send(json.dumps(message))
 
     def results(
         self, u: Utterance, text: str, *, is_final: bool, speech_final: bool

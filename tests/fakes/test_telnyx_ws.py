@@ -1,0 +1,76 @@
+"""The fake phone's own data framing, read back by websockets' server-side parser."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Callable
+
+import pytest
+from websockets.client import ClientProtocol
+from websockets.exceptions import InvalidState
+from websockets.frames import Frame, Opcode
+from websockets.protocol import State
+from websockets.server import ServerProtocol
+from websockets.uri import parse_uri
+
+from scripts.fakes.telnyx_ws import WebSocketPipe
+
+
+def _open_pipe() -> tuple[WebSocketPipe, socket.socket, ServerProtocol]:
+    """A pipe past its handshake (done in memory), the socket its frames go to, and the
+    server protocol that reads them."""
+    client = ClientProtocol(parse_uri("ws://127.0.0.1/media"), max_size=None)
+    server = ServerProtocol(max_size=None)
+    client.send_request(client.connect())
+    server.receive_data(b"".join(client.data_to_send()))
+    (request,) = server.events_received()
+    server.send_response(server.accept(request))
+    client.receive_data(b"".join(server.data_to_send()))
+    assert client.state is State.OPEN and server.state is State.OPEN
+    ours, theirs = socket.socketpair()
+    return WebSocketPipe(ours, client), theirs, server
+
+
+def _read_all(theirs: socket.socket) -> Callable[[], bytes]:
+    """Read `theirs` to EOF on a thread (a large frame does not fit the socket buffers)."""
+    chunks: list[bytes] = []
+    reader = threading.Thread(target=lambda: chunks.extend(iter(lambda: theirs.recv(1 << 20), b"")))
+    reader.start()
+
+    def received() -> bytes:
+        reader.join(10)
+        return b"".join(chunks)
+
+    return received
+
+
+def _frames(server: ServerProtocol, data: bytes) -> list[Frame]:
+    server.receive_data(data)
+    return [e for e in server.events_received() if isinstance(e, Frame)]
+
+
+@pytest.mark.parametrize("size", [0, 125, 126, 65535, 65536, 200_000])
+def test_text_and_binary_frames_of_every_length_class_are_masked_and_read_back(size: int) -> None:
+    pipe, theirs, server = _open_pipe()
+    received = _read_all(theirs)
+    text = "é" * (size // 2) + "x" * (size % 2)  # two UTF-8 bytes a character
+    binary = bytes(i % 251 for i in range(size))
+    pipe.send_text(text)
+    pipe.send_binary(binary)
+    pipe.sock.close()
+
+    frames = _frames(server, received())  # the parser fails on an unmasked client frame
+    assert [(f.opcode, f.fin) for f in frames] == [(Opcode.TEXT, True), (Opcode.BINARY, True)]
+    assert frames[0].data.decode() == text
+    assert frames[1].data == binary
+
+
+def test_no_data_is_sent_once_the_websocket_is_closing() -> None:
+    pipe, theirs, server = _open_pipe()
+    received = _read_all(theirs)
+    pipe.send_close(1000)
+    with pytest.raises(InvalidState):
+        pipe.send_text("too late")
+    pipe.sock.close()
+    assert [f.opcode for f in _frames(server, received())] == [Opcode.CLOSE]

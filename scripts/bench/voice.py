@@ -1494,8 +1494,22 @@ def machine_facts() -> list[str]:
         f"nproc    {len(os.sched_getaffinity(0))}",
         f"cpu      {model}",
         f"python   {platform.python_version()}",
+        f"speed    {python_speed():.1f} M loop steps/s of plain Python (the VM's speed varies "
+        "up to 2x by the hour: compare runs by it, or by the relay baseline)",
         f"started  {datetime.now(UTC):%Y-%m-%d %H:%M:%S} UTC, {load_line()}",
     ]
+
+
+def python_speed(steps: int = 3_000_000) -> float:
+    """Millions of `total += i` loop steps a second, best of three: a yardstick of this
+    machine's speed right now, for comparing runs made at different times."""
+    best = float("inf")
+    for _ in range(3):
+        started, total = time.perf_counter(), 0
+        for i in range(steps):
+            total += i
+        best = min(best, time.perf_counter() - started)
+    return steps / best / 1e6
 
 
 def _ints(value: str) -> list[int]:

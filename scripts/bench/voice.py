@@ -587,13 +587,17 @@ class CpuMeter:
                 taken[name] = times.user + times.system
         machine = psutil.cpu_times()
         taken["machine"] = sum(machine) - machine.idle - getattr(machine, "iowait", 0.0)
+        # Time the hypervisor ran someone else on our vCPUs (counted in `machine` too): the
+        # VM's speed varies up to 2x by the hour, and this is the part of it Linux sees.
+        taken["steal"] = getattr(machine, "steal", 0.0)
         return taken
 
     def restart(self) -> None:
         self._start = self._snapshot()
 
     def percent(self) -> dict[str, float]:
-        """% of one core since the last (re)start, per name, plus `machine` (all cores)."""
+        """% of one core since the last (re)start, per name, plus `machine` and `steal`
+        (all cores)."""
         now = self._snapshot()
         wall = now["wall"] - self._start["wall"]
         return {
@@ -1073,7 +1077,7 @@ def step_header() -> str:
         f"  {'calls':>5} {'lag p50':>7} {'p99':>6} {'worst':>8} {'>20ms':>5} {'under':>5} "
         f"{'clear n':>7} {'p50':>5} {'max':>5} {'miss':>4} {'v2v p50':>7} {'p95':>5} "
         f"{'ans%':>4} {'cpu voice':>9} {'/call':>5} {'fakes':>5} {'phones':>6} {'machine':>7} "
-        f"{'rss MB':>6} {'ph.lag':>6} {'gc>20ms':>7} {'gc max':>8} {'loop p99':>8} "
+        f"{'steal':>5} {'rss MB':>6} {'ph.lag':>6} {'gc>20ms':>7} {'gc max':>8} {'loop p99':>8} "
         f"{'max':>8}  ok"
     )
 
@@ -1087,7 +1091,7 @@ def step_row(r: StepResult) -> str:
         f"{r.clears_missing:>4} {pct(r.v2v, 50):>5.0f}ms {pct(r.v2v, 95):>3.0f}ms "
         f"{100 * r.answered:>4.0f} {r.cpu.get('voice', math.nan):>8.0f}% {r.cpu_per_call:>5.2f} "
         f"{fakes:>4.0f}% {r.cpu.get('phones', math.nan):>5.0f}% {r.cpu.get('machine', math.nan):>6.0f}% "
-        f"{r.rss_mb:>6.0f} {r.phone_lag_ms:>4.0f}ms {r.gc_stalls:>7.0f} {r.gc_worst:>8} "
+        f"{r.cpu.get('steal', math.nan):>4.0f}% {r.rss_mb:>6.0f} {r.phone_lag_ms:>4.0f}ms {r.gc_stalls:>7.0f} {r.gc_worst:>8} "
         f"{1000 * r.loop_lag.quantile(0.99):>6.1f}ms {r.loop_lag.worst_bucket():>8}  "
         f"{'yes' if r.ok else 'NO'}"
         + (f"  fallbacks {r.fallbacks}" if r.fallbacks else "")
@@ -1148,6 +1152,7 @@ def run_ramp(ctx: Context) -> list[str]:
         "= the worker's garbage collections longer than 20 ms (voice_gc_pause_seconds); >20ms = call-seconds with a frame later than 20 ms; under = agent-audio gaps "
         f"> {1000 * UNDERRUN_GAP_S:.0f} ms inside a turn; clear = caller speech start -> clear "
         f"at the phone (incl. Deepgram's {ctx.times.stt_ms:.0f} ms); cpu in % of one core; "
+        "steal = the hypervisor's share of our vCPUs (in machine too; the VM is slower then); "
         "ph.lag = the phones' own worst send lateness; loop = how late the worker's 50 ms probe "
         "timer fired (voice_event_loop_lag_seconds: the worker's own share of any lag)",
         step_header(),
@@ -1206,7 +1211,8 @@ def relay_baseline(ctx: Context, results: list[StepResult]) -> list[str]:
             time.sleep(args.settle)
             meter = CpuMeter({"relay": worker})
             time.sleep(args.window)
-            relay = meter.percent()["relay"]
+            used = meter.percent()
+            relay, steal = used["relay"], used["steal"]
             answered = sum(1 for p in phones if p.heard)
         finally:
             for phone in phones:
@@ -1218,7 +1224,7 @@ def relay_baseline(ctx: Context, results: list[StepResult]) -> list[str]:
         f"  baseline (this run): the reference's naive flask-sock relay (JSON + base64 + "
         f"μ-law→PCM per frame, one frame back; wsproto framing) at {streams} open lines: "
         f"{relay:.0f}% of a core, {per_stream:.2f}% per stream ({answered} of {streams} "
-        "streams got frames back)"
+        f"streams got frames back; steal {steal:.0f}%)"
     )
     near = min(results, key=lambda r: abs(r.calls - streams), default=None)
     if near is None or per_stream <= 0:
@@ -1494,22 +1500,8 @@ def machine_facts() -> list[str]:
         f"nproc    {len(os.sched_getaffinity(0))}",
         f"cpu      {model}",
         f"python   {platform.python_version()}",
-        f"speed    {python_speed():.1f} M loop steps/s of plain Python (the VM's speed varies "
-        "up to 2x by the hour: compare runs by it, or by the relay baseline)",
         f"started  {datetime.now(UTC):%Y-%m-%d %H:%M:%S} UTC, {load_line()}",
     ]
-
-
-def python_speed(steps: int = 3_000_000) -> float:
-    """Millions of `total += i` loop steps a second, best of three: a yardstick of this
-    machine's speed right now, for comparing runs made at different times."""
-    best = float("inf")
-    for _ in range(3):
-        started, total = time.perf_counter(), 0
-        for i in range(steps):
-            total += i
-        best = min(best, time.perf_counter() - started)
-    return steps / best / 1e6
 
 
 def _ints(value: str) -> list[int]:

@@ -20,6 +20,8 @@ import httpx
 from gevent import monkey
 from groq import DefaultHttpxClient, Groq
 
+from shared.providers.tls import client_context
+
 POOL_CONNECTIONS = 400
 KEEPALIVE_S = 30.0  # an idle connection outlives the pauses between a call's replies
 
@@ -32,7 +34,8 @@ def groq_client(api_key: str, base_url: str | None) -> Groq:
         max_keepalive_connections=POOL_CONNECTIONS,
         keepalive_expiry=KEEPALIVE_S,
     )
-    transport = httpx.HTTPTransport(limits=limits)
+    # The process's one TLS context: a transport builds its own otherwise (~57 ms of CPU).
+    transport = httpx.HTTPTransport(verify=client_context(), limits=limits)
     # httpcore has no option for its network backend through httpx: the pool's attribute.
     pool = transport._pool
     pool._network_backend = PlainPollBackend(pool._network_backend)

@@ -3,11 +3,14 @@ REDIS_URL name). Each test runs inside a transaction that is rolled back at its 
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -164,6 +167,25 @@ def add_call(db: Session, organization_id: uuid.UUID, **fields: Any) -> Call:
     db.add(call)
     db.commit()
     return call
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_fresh(script: str, timeout: float = 60) -> str:
+    """`script` in a fresh interpreter of this Python, run from the project root: its own
+    gevent patching, cold caches, as a worker starts. Fails the test with the script's
+    stderr if it fails; returns its stdout."""
+    done = subprocess.run(  # noqa: S603  # this interpreter, the tests' own script
+        [sys.executable, "-c", script],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout
 
 
 def poll_until(condition: Callable[[], bool], seconds: float = 2.0) -> bool:

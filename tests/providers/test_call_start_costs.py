@@ -6,14 +6,13 @@ built once, at start-up."""
 from __future__ import annotations
 
 import ssl
-import subprocess
-import sys
 
 import websockets.sync.client
 
 from shared.config import Settings
 from shared.providers import tls
 from shared.providers.tts.cartesia import CartesiaTts
+from tests.conftest import run_fresh
 
 
 def test_websockets_default_context_is_the_shared_one_after_install() -> None:
@@ -67,11 +66,7 @@ print(started)
 
 def run_check(script: str) -> str:
     """`script` in a fresh interpreter (cold caches, as a voice worker starts); its last line."""
-    done = subprocess.run(  # noqa: S603  # this interpreter, our own script
-        [sys.executable, "-c", script], check=False, capture_output=True, text=True, timeout=120
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    return done.stdout.strip().splitlines()[-1]
+    return run_fresh(script, timeout=120).strip().splitlines()[-1]
 
 
 def test_the_sdk_modules_a_call_uses_are_imported_at_start_up() -> None:

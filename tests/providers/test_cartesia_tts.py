@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from websockets.exceptions import InvalidStatus
@@ -24,10 +21,9 @@ from scripts.fakes.cartesia_tts import (
 from shared.config import Settings
 from shared.providers.tts.cartesia import CartesiaTts, CartesiaTtsError
 from shared.resilience import ProviderUnavailable, guard
-from tests.conftest import poll_until
+from tests.conftest import poll_until, run_fresh
 from tests.providers.playing import Player, collect
 
-ROOT = Path(__file__).resolve().parents[2]
 FORMAT = {"container": "raw", "encoding": "pcm_mulaw", "sample_rate": 8000}
 
 
@@ -262,16 +258,7 @@ played = len(chunks); gevent.sleep(0.2)
 print(ok, player.dead and player.exception is None and len(chunks) == played)
 tts.close(); fake.stop()
 """
-    done = subprocess.run(  # noqa: S603 - our own script, run by this interpreter
-        [sys.executable, "-c", script],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.split() == ["True", "True"]
+    assert run_fresh(script).split() == ["True", "True"]
 
 
 def test_the_fake_accepts_an_x_api_key_and_requires_a_version(fake: FakeCartesiaTts) -> None:

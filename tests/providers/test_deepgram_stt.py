@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import os
 import socket
-import subprocess
-import sys
 import textwrap
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -19,6 +16,7 @@ from shared.config import load_settings
 from shared.providers.stt.base import SttEvent, SttEventKind
 from shared.providers.stt.deepgram import DeepgramStreamError, DeepgramStt
 from shared.resilience import ProviderUnavailable, guard
+from tests.conftest import run_fresh
 
 FRAME = 160  # 20 ms of 8 kHz μ-law
 QUESTION = "When are you open on Saturday?"
@@ -293,15 +291,6 @@ print(events, where, len(ticks))
 
 
 def test_under_gevent_the_stream_runs_on_greenlets_without_blocking_the_hub() -> None:
-    root = Path(__file__).resolve().parents[2]
-    done = subprocess.run(  # noqa: S603  # a fixed script, run by this interpreter
-        [sys.executable, "-c", textwrap.dedent(GEVENT_SCRIPT)],
-        cwd=root,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
-    assert done.stdout.strip().splitlines()[-1] == (
+    assert run_fresh(textwrap.dedent(GEVENT_SCRIPT)).strip().splitlines()[-1] == (
         "['speech_started', 'interim', 'final', 'end_of_turn'] {True} 60"
     )

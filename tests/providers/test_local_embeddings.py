@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import gevent
@@ -13,9 +11,9 @@ import pytest
 
 from shared.providers.embeddings.base import EMBEDDING_DIM
 from shared.providers.embeddings.local import LocalEmbeddings
+from tests.conftest import run_fresh
 
 FIXTURE = Path(__file__).parent / "fixtures" / "minilm_reference.json"
-ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -107,4 +105,4 @@ def test_the_provider_never_imports_torch_or_transformers() -> None:
         "heavy = {'torch', 'transformers', 'sentence_transformers', 'scipy'} & set(sys.modules)\n"
         "assert not heavy, heavy\n"
     )
-    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=60)  # noqa: S603
+    run_fresh(code)

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import statistics
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,9 +11,9 @@ import pytest
 from shared.providers.tts import local
 from shared.providers.tts.local import CHUNK_BYTES, PiperTts, PiperTurn
 from shared.voice.audio import ulaw_to_pcm16
+from tests.conftest import run_fresh
 from tests.providers.playing import Player, collect
 
-ROOT = Path(__file__).resolve().parents[2]
 FIRST = "Hello, thanks for calling Switchboard. "
 SECOND = "I can book, move or cancel an appointment for you today."
 
@@ -138,16 +135,7 @@ audio = b"".join(chunks)
 gap = max(b - a for a, b in zip(ticks, ticks[1:]))
 print(len(audio), round(gap * 1000))
 """
-    done = subprocess.run(  # noqa: S603 - our own script, run by this interpreter
-        [sys.executable, "-c", script],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    length, gap_ms = map(int, done.stdout.split())
+    length, gap_ms = map(int, run_fresh(script).split())
     assert length > 4000  # > 0.5 s of audio
     assert gap_ms < 250  # the hub kept running (the model load included)
 

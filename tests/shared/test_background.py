@@ -3,12 +3,11 @@ the join / is_alive that the stream adapters rely on at close."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import textwrap
 import threading
 
 from shared.background import start_worker
+from tests.conftest import run_fresh
 
 
 def test_on_plain_threads_a_daemon_thread() -> None:
@@ -41,8 +40,4 @@ def test_under_gevent_a_greenlet_that_joins_with_a_timeout() -> None:
         print("ok")
         """
     )
-    done = subprocess.run(  # noqa: S603  # a fixed script, run by this interpreter
-        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False
-    )
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "ok"
+    assert run_fresh(script).strip() == "ok"

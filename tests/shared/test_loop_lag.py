@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
+from tests.conftest import run_fresh
 
 # A fresh interpreter patched by gevent, as the voice worker is: the probe must see a
 # greenlet that runs 150 ms without yielding, and only then (no lag before it).
@@ -37,8 +36,4 @@ print(quiet_ok, hog_seen)
 
 
 def test_a_greenlet_that_does_not_yield_is_seen_as_lag() -> None:
-    done = subprocess.run(  # noqa: S603  # this interpreter, our own script
-        [sys.executable, "-c", CHECK], check=False, capture_output=True, text=True, timeout=60
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.split() == ["True", "True"]
+    assert run_fresh(CHECK).split() == ["True", "True"]

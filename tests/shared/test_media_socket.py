@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import random
 import socket
-import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 
@@ -18,6 +16,7 @@ from websockets.frames import Frame, Opcode
 from websockets.protocol import State
 from websockets.uri import parse_uri
 
+from tests.conftest import run_fresh
 from tests.shared.socket_doubles import Upgraded
 from web.voice.media_socket import MediaSocket
 
@@ -308,14 +307,6 @@ print(len(got), counting.calls)
 
 
 def test_under_gevent_each_frame_costs_one_read() -> None:
-    done = subprocess.run(  # noqa: S603  # this interpreter, our own script
-        [sys.executable, "-c", GEVENT_READS],
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    messages, reads = map(int, done.stdout.split())
+    messages, reads = map(int, run_fresh(GEVENT_READS).split())
     assert messages == 20
     assert reads <= messages + 2  # the frames, the EOF, at most one spurious wake-up

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
+from tests.conftest import run_fresh
 
 # A fresh interpreter patched by gevent, as the voice worker is. Six greenlets each run a
 # 50 ms "model job" through off_hub while a ticker greenlet counts 5 ms ticks.
@@ -41,10 +40,6 @@ print(MODEL_SLOTS, most[0], results == ["done"] * 6, ticks[0] >= 20)
 
 
 def test_model_jobs_take_turns_and_the_hub_keeps_running() -> None:
-    done = subprocess.run(  # noqa: S603  # this interpreter, our own script
-        [sys.executable, "-c", CHECK], check=False, capture_output=True, text=True, timeout=60
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    slots, most, all_done, hub_ran = done.stdout.split()
+    slots, most, all_done, hub_ran = run_fresh(CHECK).split()
     assert most == slots == "1"
     assert all_done == hub_ran == "True"

@@ -4,11 +4,11 @@ their own (this test process is not monkey-patched, as the voice process is)."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from typing import Any
 
 import pytest
+
+from tests.conftest import run_fresh
 
 SCRIPT = r"""
 from gevent import monkey
@@ -90,15 +90,7 @@ print(json.dumps({
 
 @pytest.fixture(scope="module")
 def result() -> dict[str, Any]:
-    done = subprocess.run(  # noqa: S603  # this interpreter, our own script
-        [sys.executable, "-c", SCRIPT],
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    return json.loads(done.stdout)  # type: ignore[no-any-return]
+    return json.loads(run_fresh(SCRIPT))  # type: ignore[no-any-return]
 
 
 def test_one_ticker_reads_every_socket_and_a_busy_reader_holds_up_only_its_own_call(

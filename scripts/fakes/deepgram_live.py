@@ -74,12 +74,17 @@ class DeepgramLiveFake:
         latency_ms: float = 0.0,
         drop_after_bytes: int | None = None,
         error_after_bytes: int | None = None,
+        stall_after_bytes: int | None = None,
     ) -> None:
         self.api_key = api_key
         self.script = script or []
         self.latency_ms = latency_ms
         self.drop_after_bytes = drop_after_bytes
         self.error_after_bytes = error_after_bytes
+        # Stop reading after this much audio until `resume()`: the client's sends then
+        # fill the socket's buffers and wait, as on a stalled network.
+        self.stall_after_bytes = stall_after_bytes
+        self._resumed = asyncio.Event()
         self.sessions: list[Session] = []
         self._server = WsServerThread(self._handle, process_request=self._check, compression=None)
 
@@ -93,6 +98,14 @@ class DeepgramLiveFake:
 
     def stop(self) -> None:
         self._server.stop()
+
+    def resume(self) -> None:
+        """Read again after `stall_after_bytes`."""
+
+        async def resume() -> None:
+            self._resumed.set()
+
+        self._server.call(resume())
 
     def _check(self, connection: ServerConnection, request: Request) -> Response | None:
         parts = urlsplit(request.path)
@@ -147,6 +160,9 @@ class _Responder:
                 if isinstance(message, bytes):
                     if not self._audio(message):
                         break
+                    stall = self.fake.stall_after_bytes
+                    if stall is not None and len(self.session.audio) >= stall:
+                        await self.fake._resumed.wait()
                 elif await self._control(json.loads(message)):
                     break
         except ConnectionClosed:

@@ -294,3 +294,39 @@ def test_under_gevent_the_stream_runs_on_greenlets_without_blocking_the_hub() ->
     assert run_fresh(textwrap.dedent(GEVENT_SCRIPT)).strip().splitlines()[-1] == (
         "['speech_started', 'interim', 'final', 'end_of_turn'] {True} 60"
     )
+
+
+STALLED_SCRIPT = """
+from gevent import monkey; monkey.patch_all()
+import gevent, time
+from scripts.fakes.deepgram_live import DeepgramLiveFake
+from shared.config import load_settings
+from shared.providers.stt.deepgram import DeepgramStt
+
+fake = DeepgramLiveFake(stall_after_bytes=1).start()
+settings = load_settings(deepgram_api_key="test-key", deepgram_url=fake.url)
+stream = DeepgramStt(settings).open("en-US", lambda event: None)
+chunk = bytes(range(256)) * 256  # 64 KiB of loud audio: one message per send()
+sends = 300  # 19 MiB: far more than the socket buffers and the server's queue hold
+try:
+    with gevent.Timeout(5):
+        for _ in range(sends):
+            stream.send(chunk)
+        gevent.sleep(0.5)  # the sender worker sends until the buffers are full
+    print("send() returned; the server had", len(fake.sessions[0].audio) < len(chunk) * sends)
+except gevent.Timeout:
+    print("send() waited on the stalled socket")
+fake.resume()
+stream.close()
+fake.stop()
+print("delivered in order", bytes(fake.sessions[0].audio) == chunk * sends)
+"""
+
+
+def test_send_never_waits_on_a_stalled_socket_and_the_audio_follows_in_order() -> None:
+    # The caller may be the read ticker's pump, which reads every call's media: a stalled
+    # network towards Deepgram must hold up only this stream's sender worker.
+    assert run_fresh(textwrap.dedent(STALLED_SCRIPT)).strip().splitlines()[-2:] == [
+        "send() returned; the server had True",
+        "delivered in order True",
+    ]

@@ -1,9 +1,11 @@
 """Deepgram live STT (Nova, `/v1/listen`) over deepgram-sdk 7.x's synchronous socket client.
 
-One websocket per call, opened through `guard("deepgram")`. `send()` sends on it directly,
-in the caller's greenlet (the call's media reader): a queue and a sender greenlet cost two
-more greenlet switches per 20 ms frame, most of an open line's CPU, and a send only waits
-when the socket's kernel buffer (seconds of audio) is full.
+One websocket per call, opened through `guard("deepgram")`. `send()` never waits: it
+batches the audio and hands each message to the stream's sender worker. Its caller may be
+the read ticker's pump, which reads every call's media (web/voice/read_ticker.py), and a
+send on this socket waits whenever its kernel buffer is full (a stalled network), which
+must hold up this call's audio to Deepgram only. The hand-off costs two greenlet switches
+per message (5 to 25 a second), not per 20 ms frame.
 
 Audio per message (Deepgram takes 20-250 ms): `send_ms` (40) while the caller may be
 speaking, `quiet_send_ms` (200) once the line has been quiet (RMS under `SPEECH_RMS`) for
@@ -25,9 +27,11 @@ kept in `stream.failed` and passed to `on_error` once, so the call can fall back
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
@@ -106,8 +110,11 @@ class DeepgramStream:
         self._received_at = time.monotonic()
         self._turn: list[str] = []
         self._turn_end_s = 0.0  # audio time of the turn's last word
+        self._outbox: deque[bytes] = deque()  # messages for the sender worker
+        self._outbox_ready = threading.Event()
         self._keepalive = start_worker(self._keepalive_loop, "deepgram-keepalive")
         self._receiver = start_worker(self._receive_loop, "deepgram-receiver")
+        self._sender = start_worker(self._send_loop, "deepgram-sender")
 
     def send(self, pcmu: bytes) -> None:
         """Caller audio, sent in messages of `send_ms` (`quiet_send_ms` on a quiet line, see
@@ -135,8 +142,8 @@ class DeepgramStream:
                 return
             self._closing = True
         self._stopped.set()
-        if self.failed is None:
-            self._send_pending()
+        self._send_pending()
+        self._sender.join(CLOSE_WAIT_S)  # it sends what is queued, then ends
         if self.failed is None:
             self._send(self._socket.send_close_stream)
         self._receiver.join(CLOSE_WAIT_S)
@@ -146,11 +153,20 @@ class DeepgramStream:
 
     # -- sending ---------------------------------------------------------------------
     def _send_pending(self) -> None:
-        if not self._pending:  # an empty message would mean "close" to Deepgram
-            return
-        chunk = bytes(self._pending)
-        self._pending.clear()
-        self._send(lambda: self._socket.send_media(chunk))
+        if self._pending:  # an empty message would mean "close" to Deepgram
+            self._outbox.append(bytes(self._pending))
+            self._pending.clear()
+        self._outbox_ready.set()
+
+    def _send_loop(self) -> None:
+        """Send what `send()` queued, in order; end once stopped with nothing queued."""
+        while True:
+            self._outbox_ready.wait()
+            self._outbox_ready.clear()
+            while self._outbox and self.failed is None:
+                self._send(functools.partial(self._socket.send_media, self._outbox.popleft()))
+            if self._stopped.is_set() and (not self._outbox or self.failed is not None):
+                return
 
     def _send(self, send: Callable[[], None]) -> None:
         try:
@@ -234,6 +250,7 @@ class DeepgramStream:
             self.failed = exc
         log.warning("Deepgram stream failed: %r", exc)
         self._stopped.set()
+        self._outbox_ready.set()  # the sender ends
         self._release()
         if self._on_error is not None:
             try:

@@ -1,8 +1,9 @@
 """Micro-benchmark: CPU per caller frame to read Telnyx media websockets in one gevent
-process, each socket's reader waiting on its own watcher against the shared read ticker.
+process: each socket's reader waiting on its own watcher, woken by the shared read ticker,
+or not woken at all (the ticker's pump reads every socket in one greenlet).
 
     .venv/bin/python -m scripts.bench.media_read [--sockets 20,100,200] [--seconds 10]
-                                                 [--pairs 2]
+                                                 [--rounds 2]
 
 This process accepts `sockets` TCP connections and reads each with a `MediaSocket`
 (web/voice/media_socket.py) in a greenlet of its own, as the voice worker does, counting
@@ -10,7 +11,8 @@ the messages. A feeder process (plain threads, its CPU not counted) sends every 
 masked ~300-byte media frame every 20 ms, each socket on a phase of its own, evenly spread
 over the 20 ms (Telnyx streams keep the phase their call started on; the feeder sends
 whatever is due each time it wakes). Printed per run: this process's CPU
-per frame received, without the ticker (`ticker=None`) and with it, runs alternated.
+per frame received, without the ticker (`ticker=None`), with it, and pumped by it, runs
+alternated.
 """
 
 from __future__ import annotations
@@ -67,13 +69,16 @@ def _feed(port: int, sockets: int, seconds: float) -> None:
         conn.close()
 
 
-def _run(sockets: int, seconds: float, with_ticker: bool) -> float:
+MODES = ("own watcher", "read ticker", "pump")
+
+
+def _run(sockets: int, seconds: float, mode: str) -> float:
     """µs of this process's CPU per frame read, over the middle of the feed."""
     from tests.shared.socket_doubles import Upgraded
     from web.voice.media_socket import MediaSocket
     from web.voice.read_ticker import read_ticker
 
-    ticker = read_ticker() if with_ticker else None
+    ticker = read_ticker() if mode != "own watcher" else None
     listener = socket.create_server(("127.0.0.1", 0), backlog=sockets)
     feed = [str(listener.getsockname()[1]), str(sockets), str(seconds)]
     feeder = subprocess.Popen(
@@ -83,10 +88,15 @@ def _run(sockets: int, seconds: float, with_ticker: bool) -> float:
     )
     received = [0]
 
+    def count(message: bytes) -> None:
+        received[0] += 1
+
     def read(conn: socket.socket) -> None:
         media = MediaSocket(Upgraded(conn), max_message_bytes=65536, ping_s=60, ticker=ticker)
         try:
             while True:
+                if mode == "pump":
+                    media.pump(count)  # returns at the end of the stream
                 media.receive()
                 received[0] += 1
         except Exception:  # the feeder closed the socket: done
@@ -111,17 +121,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sockets", default="20,100,200")
     parser.add_argument("--seconds", type=float, default=10.0)
-    parser.add_argument("--pairs", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--feed", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.feed:
         port, sockets, seconds = args.feed
         return _feed(int(port), int(sockets), float(seconds))
     for sockets in (int(s) for s in args.sockets.split(",")):
-        runs: dict[str, list[float]] = {"own watcher": [], "read ticker": []}
-        for _ in range(args.pairs):
-            runs["own watcher"].append(_run(sockets, args.seconds, with_ticker=False))
-            runs["read ticker"].append(_run(sockets, args.seconds, with_ticker=True))
+        runs: dict[str, list[float]] = {mode: [] for mode in MODES}
+        for _ in range(args.rounds):
+            for mode in MODES:
+                runs[mode].append(_run(sockets, args.seconds, mode))
         figures = "; ".join(
             f"{mode} {', '.join(f'{us:.1f}' for us in values)}" for mode, values in runs.items()
         )

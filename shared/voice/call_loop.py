@@ -1,9 +1,10 @@
 """The real-time loop of one call: caller audio → STT → turn-taking → reply → audio out.
 
-Greenlets per call: the websocket reader (the caller of `feed`), the STT stream's own,
-`_brain` (turn-taking), one responder per agent turn, the playout pacer and the turn
-writer. Barge-in: caller speech while the agent is audible kills the responder (closing
-the LLM stream and cancelling TTS), sends `clear`, and records what was actually heard.
+Greenlets per call: the websocket reader (it, or the read ticker's pump shared by all
+calls, calls `feed`, which therefore never waits), the STT stream's own, `_brain`
+(turn-taking), one responder per agent turn, the playout pacer and the turn writer.
+Barge-in: caller speech while the agent is audible kills the responder (closing the LLM
+stream and cancelling TTS), sends `clear`, and records what was actually heard.
 """
 
 from __future__ import annotations
@@ -123,7 +124,7 @@ class CallLoop:
         self.providers.close()
         self.sink.close(timeout=5)
 
-    # -- inbound frames (called by the websocket reader greenlet) ---------------------
+    # -- inbound frames (from the read ticker's pump or the reader: must never wait) ---
     def feed(self, frame: tm.Frame) -> None:
         if isinstance(frame, tm.Media):
             if frame.track != "inbound":

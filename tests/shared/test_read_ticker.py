@@ -113,3 +113,157 @@ def test_a_reader_waiting_when_its_socket_is_forgotten_reads_on_its_own(
 ) -> None:
     assert result["registered_before_forget"] == 1
     assert result["late"] == [f"d {n}" for n in range(20)]
+
+
+PUMP_SCRIPT = r"""
+from gevent import monkey
+monkey.patch_all()
+
+import json
+import socket
+
+import gevent
+from simple_websocket import ConnectionClosed
+from websockets.client import ClientProtocol
+from websockets.frames import Frame, Opcode
+from websockets.protocol import State
+from websockets.uri import parse_uri
+
+from tests.shared.socket_doubles import Upgraded
+from web.voice.media_socket import MediaSocket
+from web.voice.read_ticker import read_ticker
+
+ticker = read_ticker()
+pumped = []  # (greenlet, message) handled outside the readers
+
+
+def reader(media, seen, out):
+    # As web/voice/media.py reads: pumped while it can; when handed back, one receive()
+    # whose message goes to the same handler.
+    def handle(raw):
+        seen.append(raw.decode())
+        if gevent.getcurrent() is not me:
+            pumped.append((gevent.getcurrent(), raw.decode()))
+        if raw == b"end":
+            return "ended"
+        if raw == b"boom":
+            raise ValueError("boom")
+        return None
+
+    me = gevent.getcurrent()
+    try:
+        while True:
+            try:
+                result = media.pump(handle)
+                if result is None:
+                    result = handle(media.receive())
+            except ValueError as exc:
+                out.append(f"raised {exc}")
+                continue
+            if result is not None:
+                out.append(result)
+    except ConnectionClosed:
+        out.append("closed")
+    finally:
+        media.close()
+
+
+def peer(client, writes, gap_s=0.003):
+    # Each write: frames [(opcode, bytes)] sent together, or ("split", text): one frame
+    # in two writes. The socket closes at the end; returns the opcodes the server sent.
+    protocol = ClientProtocol(parse_uri("ws://voice/media/telnyx"), state=State.OPEN)
+    for write in writes:
+        gevent.sleep(gap_s)
+        if write[0] == "split":
+            protocol.send_text(write[1])
+            data = b"".join(protocol.data_to_send())
+            client.sendall(data[:7])
+            gevent.sleep(0.01)
+            client.sendall(data[7:])
+            continue
+        for opcode, data in write:
+            if opcode is Opcode.PING:
+                protocol.send_ping(data)
+            else:
+                protocol.send_text(data)
+        client.sendall(b"".join(protocol.data_to_send()))
+    gevent.sleep(0.05)
+    client.settimeout(0.2)
+    try:
+        protocol.receive_data(client.recv(65536))
+    except OSError:
+        pass
+    client.close()
+    return [e.opcode.name for e in protocol.events_received() if isinstance(e, Frame)]
+
+
+T = Opcode.TEXT
+scripts = {
+    "plain": [[(T, b"p %d" % n)] for n in range(20)],
+    "ping": [[(T, b"q %d" % n)] for n in range(5)]
+    + [[(Opcode.PING, b"hi")]]
+    + [[(T, b"q %d" % n)] for n in range(5, 10)],
+    "end": [[(T, b"c 0"), (T, b"end"), (T, b"c 1"), (T, b"c 2")], [(T, b"c 3")]],
+    "split": [[(T, b"s 0")], ("split", b"s 1 " + b"x" * 40), [(T, b"s 2")]],
+    "boom": [[(T, b"b 0")], [(T, b"boom")], [(T, b"b 1")]],
+}
+readers, peers, seen, outs = {}, {}, {}, {}
+for name, writes in scripts.items():
+    server, client = socket.socketpair()
+    media = MediaSocket(Upgraded(server), max_message_bytes=1024, ping_s=5, ticker=ticker)
+    seen[name], outs[name] = [], []
+    readers[name] = gevent.spawn(reader, media, seen[name], outs[name])
+    peers[name] = gevent.spawn(peer, client, writes)
+gevent.joinall(list(readers.values()) + list(peers.values()), timeout=10)
+
+print(json.dumps({
+    "seen": seen,
+    "outs": outs,
+    "pump_greenlets": len({g for g, _ in pumped}),
+    "pumped": [m for _, m in pumped],
+    "peer_got": {name: g.value for name, g in peers.items()},
+    "watched_after": ticker.watched,
+}))
+"""
+
+
+@pytest.fixture(scope="module")
+def pumped() -> dict[str, Any]:
+    return json.loads(run_fresh(PUMP_SCRIPT))  # type: ignore[no-any-return]
+
+
+def test_the_pump_reads_every_socket_in_one_greenlet_in_order(pumped: dict[str, Any]) -> None:
+    assert pumped["seen"]["plain"] == [f"p {n}" for n in range(20)]
+    assert pumped["outs"]["plain"] == ["closed"]
+    assert [m for m in pumped["pumped"] if m.startswith("p ")] == [f"p {n}" for n in range(20)]
+    assert pumped["pump_greenlets"] == 1  # for every socket: not their readers
+    assert pumped["watched_after"] == 0
+
+
+def test_a_control_frame_goes_to_the_reader_and_the_pump_takes_over_again(
+    pumped: dict[str, Any],
+) -> None:
+    assert pumped["seen"]["ping"] == [f"q {n}" for n in range(10)]
+    assert pumped["peer_got"]["ping"] == ["PONG"]  # answered by the reader's protocol
+    # The reader reads on to the next message (q 5), then hands back to the pump.
+    assert [m for m in pumped["pumped"] if m.startswith("q ")] == [
+        f"q {n}" for n in (0, 1, 2, 3, 4, 6, 7, 8, 9)
+    ]
+
+
+def test_a_handlers_result_stops_the_pump_and_the_rest_stays_in_order(
+    pumped: dict[str, Any],
+) -> None:
+    # "end" stops the pump with c 1 and c 2 read in the same recv: they come next, then
+    # c 3 through the pump again.
+    assert pumped["seen"]["end"] == ["c 0", "end", "c 1", "c 2", "c 3"]
+    assert pumped["outs"]["end"] == ["ended", "closed"]
+    assert "c 3" in pumped["pumped"]
+
+
+def test_a_frame_split_across_reads_arrives_whole_and_a_handlers_error_reaches_the_reader(
+    pumped: dict[str, Any],
+) -> None:
+    assert pumped["seen"]["split"] == ["s 0", "s 1 " + "x" * 40, "s 2"]
+    assert pumped["seen"]["boom"] == ["b 0", "boom", "b 1"]
+    assert pumped["outs"]["boom"] == ["raised boom", "closed"]

@@ -9,6 +9,7 @@ turns are written by a greenlet of their own.
 
 from __future__ import annotations
 
+import enum
 import logging
 import time
 from typing import Any
@@ -149,35 +150,63 @@ class FloodGuard:
         return self.frames > self.slack + self.rate * (now - self.started)
 
 
-def _read(ws: MediaSocket, loop: CallLoop, call_id: str) -> None:
-    flood = FloodGuard(time.monotonic())
-    lag = FrameLag()
-    while True:
-        try:
-            raw = ws.receive()
-        except ConnectionClosed:
-            log.info("media socket closed", extra={"call_id": call_id})
-            return
-        if raw is None:
-            continue
+class StreamEnd(enum.Enum):
+    STOP = "stop"  # Telnyx's stop frame
+    FLOOD = "flood"
+
+
+class InboundFrames:
+    """One call's inbound messages, each parsed and handed to its loop as it comes. Never
+    waits, so it can run in the read ticker's pump (see `_read`)."""
+
+    def __init__(self, loop: CallLoop, call_id: str) -> None:
+        self.loop = loop
+        self.call_id = call_id
+        self.flood = FloodGuard(time.monotonic())
+        self.lag = FrameLag()
+
+    def __call__(self, raw: bytes) -> StreamEnd | None:
+        """Handle one message; what ends the stream, if it does."""
         arrived = time.monotonic()
-        if flood.flooding(arrived):
-            VOICE_BAD_FRAMES.labels("flood").inc()
-            log.warning("media stream flooding: closing it", extra={"call_id": call_id})
-            ws.close(POLICY_VIOLATION, "too many frames")
-            return
+        if self.flood.flooding(arrived):
+            return StreamEnd.FLOOD
         try:
             frame = tm.parse(raw)
         except tm.ProtocolError as exc:
             VOICE_BAD_FRAMES.labels("malformed").inc()
-            log.warning("dropped frame: %s", exc, extra={"call_id": call_id})
-            continue
+            log.warning("dropped frame: %s", exc, extra={"call_id": self.call_id})
+            return None
         if isinstance(frame, tm.Stop):
-            return
+            return StreamEnd.STOP
         if isinstance(frame, tm.Media) and frame.timestamp is not None:
-            lag.frame(frame.timestamp, arrived)
+            self.lag.frame(frame.timestamp, arrived)
         if frame is not None:
-            loop.feed(frame)
+            self.loop.feed(frame)
+        return None
+
+
+def _read(ws: MediaSocket, loop: CallLoop, call_id: str) -> None:
+    """Until the stream ends. Its data frames are read by the read ticker's pump while
+    they come as expected; this greenlet reads the rest (control frames, the end)."""
+    handle = InboundFrames(loop, call_id)
+    while True:
+        end = ws.pump(handle)
+        if end is None:
+            try:
+                raw = ws.receive()
+            except ConnectionClosed:
+                log.info("media socket closed", extra={"call_id": call_id})
+                return
+            if raw is None:
+                continue
+            end = handle(raw)
+        if end is StreamEnd.FLOOD:
+            VOICE_BAD_FRAMES.labels("flood").inc()
+            log.warning("media stream flooding: closing it", extra={"call_id": call_id})
+            ws.close(POLICY_VIOLATION, "too many frames")
+            return
+        if end is StreamEnd.STOP:
+            return
 
 
 def _sender(ws: MediaSocket) -> tm.Sender:

@@ -7,7 +7,9 @@ frame of every call, and frames with wsproto, pure Python (13 µs per media fram
 against 3.7 µs for websockets' sans-I/O protocol, C-accelerated unmasking). At 50 inbound
 frames a second per call, those hand-offs were most of an open line's cost. So the reader
 greenlet recv()s and parses here, and `send()` frames with the same protocol object. The
-reader is woken by the process's read ticker (`read_ticker.py`) when there is one.
+reader is woken by the process's read ticker (`read_ticker.py`) when there is one, and
+`pump()` hands the steady stream of data frames to the ticker's pump, which reads them in
+its own greenlet with no greenlet switch per frame.
 
 Inbound framing has a fast path, written here because it is the hottest code of the voice
 process: websockets' parser is a chain of generators (`read_exact` per header field), which
@@ -35,7 +37,7 @@ import struct
 import threading
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from simple_websocket import ConnectionClosed
 from websockets.frames import Frame, Opcode
@@ -50,6 +52,7 @@ RECV_BYTES = 65536
 _DATA = (Opcode.TEXT, Opcode.BINARY, Opcode.CONT)
 _WHOLE_DATA = (0x81, 0x82)  # first header byte: FIN, no RSV bits, text or binary
 _MASKED = 0x80
+T = TypeVar("T")
 
 
 class DeferredReader:
@@ -94,11 +97,17 @@ class MediaSocket:
         self._sock = ws.sock
         self._ticker = ticker
         self._fileno = self._sock.fileno() if ticker is not None else -1
+        # The non-blocking socket under gevent's wrapper: the pump must never wait on it.
+        self._raw = getattr(self._sock, "_sock", None) if ticker is not None else None
         self._protocol = ServerProtocol(state=State.OPEN, max_size=max_message_bytes)
         self._write_lock = threading.Lock()  # a gevent lock once threading is patched
         self._messages: deque[bytes] = deque()
         self._fragments: list[bytes] = []
         self._partial = b""  # the start of a frame not fully received yet
+        self._refeed = False  # `_partial` holds whole frames the pump handed back unread
+        self._handler: Callable[[bytes], Any] | None = None  # while pumped
+        self._handled: Any = None  # what the handler returned when it stopped the pump
+        self._failure: Exception | None = None  # what it raised
         self._max_size = max_message_bytes
         self._ping_s = ping_s
         self._timeout: float | None = None  # the socket's own, for receive(timeout) only
@@ -117,11 +126,45 @@ class MediaSocket:
         while not self._messages:
             if self._protocol.state is not State.OPEN:
                 raise ConnectionClosed()
+            if self._refeed:
+                self._refeed = False
+                unread, self._partial = self._partial, b""
+                self._feed(unread)
+                continue
             data = self._recv(timeout)
             if data is None:
                 return None
             self._feed(data)
         return self._messages.popleft()
+
+    def pump(self, handler: Callable[[bytes], T | None]) -> T | None:
+        """Have the read ticker's pump read this stream: `handler` gets each message, in
+        the pump's greenlet, so it must never wait. Returns the first result other than
+        None the handler gives (the pump stops there), or None once the stream needs this
+        greenlet's `receive()`: a frame other than a whole data frame, the end of the
+        stream, or no ticker. What the pump has not handled stays for `receive()`, in order.
+        Raises what the handler raised."""
+        while self._messages:  # received by `receive()` already: handled here
+            if (result := handler(self._messages.popleft())) is not None:
+                return result
+        if (
+            self._ticker is None
+            or self._raw is None
+            or self._refeed
+            or self._fragments
+            or self._protocol.state is not State.OPEN
+        ):
+            return None
+        self._handler = handler
+        try:
+            self._ticker.pump(self._fileno, self._pump_read)
+        finally:
+            self._handler = None
+        result, self._handled = self._handled, None
+        if (failure := self._failure) is not None:
+            self._failure = None
+            raise failure
+        return result
 
     def send(self, *texts: str) -> None:
         """Send text messages in one write; ConnectionClosed (or OSError) once the stream
@@ -186,6 +229,50 @@ class MediaSocket:
                     return
             pos = end
         self._partial = buf[pos:]
+
+    def _pump_read(self) -> bool:
+        """In the pump's greenlet: read what has arrived; False to hand the stream back to
+        its reader (see `pump`)."""
+        assert self._raw is not None
+        try:
+            data = self._raw.recv(RECV_BYTES)
+        except BlockingIOError:
+            return True
+        except OSError:
+            data = b""
+        if not data:
+            return False  # the end of the stream, or an error: the reader's recv meets it
+        self._heard = True
+        return self._pump_frames(self._partial + data if self._partial else data)
+
+    def _pump_frames(self, buf: bytes) -> bool:
+        """Hand each whole data frame in `buf` to the handler, up to the first other one."""
+        assert self._handler is not None
+        pos, size, handler = 0, len(buf), self._handler
+        while (frame := _frame_at(buf, pos)) is not None:
+            start, end, length = frame
+            if length > self._max_size or buf[pos] not in _WHOLE_DATA or not buf[pos + 1] & _MASKED:
+                return self._hand_back(buf, pos)
+            if end > size:
+                break
+            message = apply_mask(buf[start:end], buf[start - 4 : start])
+            pos = end
+            try:
+                result = handler(message)
+            except Exception as exc:
+                self._failure = exc
+                return self._hand_back(buf, pos)
+            if result is not None:
+                self._handled = result
+                return self._hand_back(buf, pos)
+        self._partial = buf[pos:]
+        return True
+
+    def _hand_back(self, buf: bytes, pos: int) -> bool:
+        """Keep what the pump did not handle, from `pos`, for `receive()`."""
+        self._partial = buf[pos:]
+        self._refeed = bool(self._partial)
+        return False
 
     def _to_protocol(self, data: bytes) -> None:
         """Whole frames through websockets' protocol; b"" is the end of the stream."""

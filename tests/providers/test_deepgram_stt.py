@@ -330,3 +330,24 @@ def test_send_never_waits_on_a_stalled_socket_and_the_audio_follows_in_order() -
         "send() returned; the server had True",
         "delivered in order True",
     ]
+
+
+def test_once_the_turn_has_ended_the_quiet_line_goes_in_200_ms_messages(
+    fake: DeepgramLiveFake,
+) -> None:
+    silence, speech = b"\xff" * FRAME, b"\x00\x80" * (FRAME // 2)
+    events = Events()
+    stream = provider(fake.url).open("en-US", events)
+    for frame in [silence] * 15 + [speech] * 60 + [silence] * 20:  # the utterance: 0.3-1.5 s
+        stream.send(frame)
+    assert events.turn_ended.wait(3)  # endpointed 300 ms after the speech, at 1.8 s
+    ended = time.monotonic()
+    for _ in range(50):  # 1 s of silence, well inside the 1.5 s hang-over
+        stream.send(silence)
+    stream.close()
+
+    (session,) = fake.sessions
+    after = [size for at, size in session.frames if at > ended]
+    # Not 25 messages of 40 ms: the hang-over ended with the turn.
+    assert len(after) <= 6
+    assert all(size == 10 * FRAME for size in after[:-1])

@@ -1115,6 +1115,12 @@ def run_ramp(ctx: Context) -> list[str]:
     extra = ctx.fakes.env() | {"VOICE_CHUNK_MS": "100", "VOICE_LEAD_MS": "200"}
     if args.tts_down:  # nothing listens there: every call falls back to the local voice
         extra["CARTESIA_URL"] = f"http://127.0.0.1:{processes.free_port()}"
+    account_dir = ctx.data_dir / "greenlet-account"
+    if args.account_calls:  # the hook is loaded, and off until account_worker() turns it on
+        account_dir.mkdir(exist_ok=True)
+        (account_dir / "on").unlink(missing_ok=True)
+        extra["PYTHONPATH"] = f"{ROOT}{os.pathsep}{Path(__file__).parent / 'greenlet_account'}"
+        extra["GREENLET_ACCOUNT_DIR"] = str(account_dir)
     with voice_server(ctx, "b", extra) as server:
         meter = cpu_meter(ctx, server)
         quiet = wait_until_quiet(args.quiet_wait)
@@ -1129,6 +1135,8 @@ def run_ramp(ctx: Context) -> list[str]:
                 log(step_row(result))
                 if calls == args.profile_calls:
                     profile = profile_worker(ctx, server, calls)
+                if calls == args.account_calls:
+                    profile += account_worker(account_dir, args.profile_seconds, calls)
                 if (
                     result.lag.quantile(0.5) > 0.2
                     or pct(result.v2v, 50) > 2000
@@ -1350,6 +1358,47 @@ def _category(path: str) -> str:
     return next((label for label, parts in CATEGORIES if any(p in path for p in parts)), "other")
 
 
+ACCOUNT_LABELS = {  # greenlets by the function they run
+    "web.voice.read_ticker.ReadTicker._run_pump": "frame pump: read, parse, reorder, hand to STT",
+    "shared.voice.call_loop.CallLoop._run_reply": "replies: LLM stream, sentences, TTS push",
+    "shared.providers.stt.deepgram.DeepgramStream._send_loop": "caller audio -> Deepgram",
+    "shared.providers.tts.cartesia._Connection._read": "TTS audio in (Cartesia reader)",
+    "shared.voice.playout.Playout.run": "agent audio out (playout pacer)",
+    "threading.Thread._bootstrap": "websockets' reader threads (Deepgram, Cartesia sockets)",
+    "gevent._gevent_cgreenlet.Greenlet._run": "short-lived greenlets (turn records, ...)",
+    "shared.providers.stt.deepgram.DeepgramStream._receive_loop": "Deepgram results",
+    "shared.voice.recorder.TurnWriter._drain": "turn writer (database)",
+    "shared.voice.responder._pump_audio": "TTS audio in (responder pump)",
+    "gevent.hub.hub": "gevent hub: event loop, timers, switches",
+}
+
+
+def account_worker(directory: Path, seconds: float, calls: int) -> list[str]:
+    """The worker's CPU per greenlet for `seconds` (scripts/bench/greenlet_account)."""
+    log(f"  greenlet account: {seconds:.0f} s at {calls} calls")
+    (directory / "on").touch()
+    time.sleep(seconds)
+    (directory / "on").unlink()
+    try:
+        account = json.loads((directory / "account.json").read_text())
+    except (OSError, ValueError) as exc:
+        return [f"  greenlet account: no data ({exc})"]
+    span = max(account["seconds"], 1e-9)
+    rows = sorted(((cpu, key) for key, cpu in account["cpu"].items()), reverse=True)
+    total = sum(cpu for cpu, _ in rows)
+    lines = [
+        f"  the worker's CPU per greenlet at {calls} calls over {span:.1f} s "
+        f"({100 * total / span:.0f}% of a core with the hook on; a switch costs a few µs more):"
+    ]
+    for cpu, key in rows[:14]:
+        runs = account["runs"].get(key, 0)
+        lines.append(
+            f"    {100 * cpu / span:5.1f}%  {runs / span:6.0f} runs/s  "
+            f"{1e6 * cpu / max(runs, 1):6.1f} µs/run  {ACCOUNT_LABELS.get(key, key)}"
+        )
+    return lines
+
+
 def profile_worker(ctx: Context, server: VoiceServer, calls: int) -> list[str]:
     """py-spy the voice worker for a while; the top of its self time, by area and line."""
     seconds, rate = ctx.args.profile_seconds, 100
@@ -1525,6 +1574,12 @@ def _parse_args() -> argparse.Namespace:
     parser.add_argument("--settle", type=float, default=6.0, help="seconds before each window")
     parser.add_argument("--profile-calls", type=int, default=30, help="py-spy at this step")
     parser.add_argument("--profile-seconds", type=float, default=10.0)
+    parser.add_argument(
+        "--account-calls",
+        type=int,
+        default=0,
+        help="the worker's CPU per greenlet at this step, for --profile-seconds (0: none)",
+    )
     parser.add_argument(
         "--relay-streams",
         type=int,

@@ -18,6 +18,7 @@ import json
 import os
 import sys
 import time
+import weakref
 
 DIRECTORY = os.environ.get("GREENLET_ACCOUNT_DIR")
 
@@ -29,25 +30,30 @@ def _install(directory: str) -> None:
     flag, out = os.path.join(directory, "on"), os.path.join(directory, "account.json")
     cpu: dict[str, float] = {}
     runs: dict[str, int] = {}
-    labels: dict[int, str] = {}
+    # Weakly keyed: a dead greenlet's id() is soon another's.
+    labels: weakref.WeakKeyDictionary[greenlet.greenlet, str] = weakref.WeakKeyDictionary()
     on = [False]
     last: list[float | None] = [None]  # the main thread's CPU time at the last switch
     started = [0.0]
 
     def label(g: greenlet.greenlet) -> str:
-        found = labels.get(id(g))
+        """What `g` runs. Taken when it is first switched to: gevent drops a Greenlet's
+        `_run` once it returns, before its last switch."""
+        found = labels.get(g)
         if found is None:
             run = getattr(g, "_run", None) or getattr(g, "run", None)
+            run = getattr(run, "func", run)  # a functools.partial
             name = getattr(run, "__qualname__", type(g).__name__)
             if type(g).__name__ == "Hub":
                 name = "hub"
-            found = labels[id(g)] = f"{getattr(run, '__module__', '') or ''}.{name}"
+            found = labels[g] = f"{getattr(run, '__module__', '') or ''}.{name}"
         return found
 
     def trace(event: str, args: tuple[greenlet.greenlet, greenlet.greenlet]) -> None:
         if not on[0] or event not in ("switch", "throw"):
             return
         now = time.thread_time()
+        label(args[1])
         if last[0] is not None:
             key = label(args[0])
             cpu[key] = cpu.get(key, 0.0) + now - last[0]

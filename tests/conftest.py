@@ -172,12 +172,12 @@ def add_call(db: Session, organization_id: uuid.UUID, **fields: Any) -> Call:
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_fresh(script: str, timeout: float = 60) -> str:
+def run_fresh(script: str, *args: str, timeout: float = 60) -> str:
     """`script` in a fresh interpreter of this Python, run from the project root: its own
-    gevent patching, cold caches, as a worker starts. Fails the test with the script's
-    stderr if it fails; returns its stdout."""
+    gevent patching, cold caches, as a worker starts. `args` are its sys.argv[1:]. Fails
+    the test with the script's stderr if it fails; returns its stdout."""
     done = subprocess.run(  # noqa: S603  # this interpreter, the tests' own script
-        [sys.executable, "-c", script],
+        [sys.executable, "-c", script, *args],
         cwd=ROOT,
         capture_output=True,
         text=True,

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import gevent
 from gevent.event import Event
 
+from shared.realtime import checkpoint
 from shared.voice.telnyx_media import (
     CLEAR_MESSAGE,
     Sender,
@@ -147,6 +148,7 @@ class Playout:
     # -- the pacing loop (one greenlet per call) --------------------------------------
     def run(self) -> None:
         while not self.closed:
+            checkpoint()  # between two chunks: the state is whole
             audio = self.turns[0] if self.turns else None
             if audio is None:
                 self.idle.set()

@@ -15,6 +15,7 @@ from typing import Any
 import gevent
 
 from shared.providers.llm.base import AgentContext, ChatMessage, LlmEvent, LlmEventKind
+from shared.realtime import checkpoint
 from shared.voice.playout import Playout, TurnAudio
 from shared.voice.sentences import SentenceSplitter
 from shared.voice.stages import CallProviders
@@ -124,6 +125,7 @@ def _llm_events(
     try:
         for event in stream:
             produced = True
+            checkpoint()  # between two chunks, before this one's sentences and TTS
             yield event
     except Exception as exc:
         if produced or not providers.llm.can_fall_back:

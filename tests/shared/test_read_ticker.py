@@ -267,3 +267,87 @@ def test_a_frame_split_across_reads_arrives_whole_and_a_handlers_error_reaches_t
     assert pumped["seen"]["split"] == ["s 0", "s 1 " + "x" * 40, "s 2"]
     assert pumped["seen"]["boom"] == ["b 0", "boom", "b 1"]
     assert pumped["outs"]["boom"] == ["raised boom", "closed"]
+
+
+CATCH_UP_SCRIPT = r"""
+from gevent import monkey
+monkey.patch_all()
+
+import json
+import socket
+import sys
+import time
+
+import gevent
+from websockets.client import ClientProtocol
+from websockets.protocol import State
+from websockets.uri import parse_uri
+
+from shared import realtime
+from tests.shared.socket_doubles import Upgraded
+from web.voice.media_socket import MediaSocket
+from web.voice.read_ticker import read_ticker
+
+ticker = read_ticker()
+if sys.argv[1] == "registered":
+    realtime.register(ticker.catch_up)
+server, client = socket.socketpair()
+media = MediaSocket(Upgraded(server), max_message_bytes=1024, ping_s=5, ticker=ticker)
+handled = {}
+
+
+def handle(raw):
+    handled[raw.decode()] = time.monotonic()  # and None: the pump goes on
+
+
+gevent.spawn(media.pump, handle)
+protocol = ClientProtocol(parse_uri("ws://voice/media/telnyx"), state=State.OPEN)
+
+
+def write(text):
+    protocol.send_text(text.encode())
+    client.sendall(b"".join(protocol.data_to_send()))
+    return time.monotonic()
+
+
+written = {"warm": write("warm")}
+gevent.sleep(0.05)  # the pump reads "warm": the socket is the pump's now
+
+
+def bulk_work():
+    # 150 ms without yielding (a burst of replies, say), with a checkpoint every 0.5 ms;
+    # a frame arrives 20 ms in.
+    started = time.monotonic()
+    while (now := time.monotonic()) - started < 0.15:
+        if "late" not in written and now - started > 0.02:
+            written["late"] = write("late")
+        deadline = now + 0.0005
+        while time.monotonic() < deadline:
+            pass
+        realtime.checkpoint()
+    return time.monotonic()
+
+
+busy_until = gevent.spawn(bulk_work).get()
+gevent.sleep(0.05)
+print(json.dumps({
+    "warm": "warm" in handled,
+    "waited": handled["late"] - written["late"],
+    "during_bulk_work": handled["late"] < busy_until,
+}))
+"""
+
+
+@pytest.mark.parametrize("registered", [True, False])
+def test_a_checkpoint_in_bulk_work_reads_the_frames_that_wait(registered: bool) -> None:
+    # The read ticker's catch_up at the process's checkpoints (shared/realtime.py): a frame
+    # that arrives while a greenlet works without yielding is read at its next checkpoint,
+    # not when the event loop gets its turn again. Without the registration, it waits.
+    result = json.loads(run_fresh(CATCH_UP_SCRIPT, "registered" if registered else "not"))
+    assert result["warm"]
+    if registered:
+        assert result["during_bulk_work"]
+        assert result["waited"] < 0.015  # catch_up's 4 ms, a checkpoint every 0.5 ms
+    else:
+        assert not result["during_bulk_work"]
+        assert result["waited"] > 0.1

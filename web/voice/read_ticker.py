@@ -31,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import select
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -40,6 +41,7 @@ from gevent.hub import Waiter
 
 log = logging.getLogger(__name__)
 TICK_S = 0.002
+LATE_S = 0.004  # no round for this long: a checkpoint runs one (`catch_up`)
 
 
 def read_ticker(tick_s: float = TICK_S) -> ReadTicker | None:
@@ -78,6 +80,8 @@ class ReadTicker:
         self._pumped: dict[int, _Socket] = {}
         self._pump_wake = Waiter()
         self._pump: gevent.Greenlet | None = None
+        self._round_at = 0.0  # when the last pump round began
+        self._in_round = False
         self._timer: Any = None  # running while any socket is registered
 
     def readable(self, fileno: int) -> Callable[[], None]:
@@ -167,13 +171,26 @@ class ReadTicker:
         if self._pumped and self._pump_wake.greenlet is not None:
             self._pump_wake.switch(None)
 
+    def catch_up(self, late_s: float = LATE_S) -> None:
+        """At a checkpoint of bulk work (shared/realtime.py), in whichever greenlet: run a
+        pump round now if none began in the last `late_s`. The tick's own round waits for
+        the event loop's turn, which under load runs hundreds of greenlets first; a round
+        never waits, so it can run anywhere but inside another round."""
+        if self._pumped and not self._in_round and time.monotonic() - self._round_at >= late_s:
+            self._round()
+
     def _run_pump(self) -> None:
-        """The pump's greenlet: each tick, `read()` every pumped socket that has data; a
-        socket whose `read` is done goes back to the greenlet that handed it over."""
-        run_callback = gevent.get_hub().loop.run_callback
+        """The pump's greenlet: a round each tick."""
         while True:
             self._pump_wake.get()
             self._pump_wake.clear()
+            self._round()
+
+    def _round(self) -> None:
+        """`read()` every pumped socket that has data; a socket whose `read` is done goes
+        back to the greenlet that handed it over."""
+        self._in_round, self._round_at = True, time.monotonic()
+        try:
             for fileno, _ in self._pump_epoll.poll(0):
                 sock = self._pumped.get(fileno)
                 if sock is None or sock.read is None:
@@ -184,7 +201,9 @@ class ReadTicker:
                     log.exception("media pump: read failed")
                     more = False
                 if not more and self._unpump(sock):
-                    run_callback(sock.handed_back.switch, None)
+                    gevent.get_hub().loop.run_callback(sock.handed_back.switch, None)
+        finally:
+            self._in_round = False
 
 
 def _unregister(epoll: Any, fileno: int) -> None:

@@ -15,6 +15,7 @@ import dramatiq
 import gevent
 from sqlalchemy.orm import Session, sessionmaker
 
+from shared import realtime
 from shared.background import start_worker
 from shared.config import Settings
 from shared.observability.metrics import VOICE_GC_PAUSE, VOICE_LOOP_LAG
@@ -147,6 +148,8 @@ class VoiceRuntime:
         (None where there is no epoll)."""
         if self._ticker is None:
             self._ticker = read_ticker()
+            if self._ticker is not None:
+                realtime.register(self._ticker.catch_up)
         return self._ticker
 
     def call_providers(self) -> CallProviders:

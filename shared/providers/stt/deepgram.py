@@ -49,6 +49,7 @@ from deepgram.listen.v1.types import (
 
 from shared.background import start_worker
 from shared.providers.stt.base import SttEvent, SttEventKind
+from shared.realtime import checkpoint
 from shared.resilience import ProviderUnavailable, guard
 from shared.voice.audio import ulaw_rms
 
@@ -167,6 +168,7 @@ class DeepgramStream:
             self._outbox_ready.clear()
             while self._outbox and self.failed is None:
                 self._send(functools.partial(self._socket.send_media, self._outbox.popleft()))
+                checkpoint()
             if self._stopped.is_set() and (not self._outbox or self.failed is not None):
                 return
 
@@ -190,6 +192,7 @@ class DeepgramStream:
         try:
             for message in self._socket:
                 self._handle(message)
+                checkpoint()
                 # Not kept while waiting for the next one: a Results message is a model per
                 # word (~600 objects alive at 100 calls, walked by every collection).
                 del message

@@ -30,6 +30,7 @@ from websockets.exceptions import ConnectionClosed
 
 from shared.background import start_worker
 from shared.providers.tls import client_context
+from shared.realtime import checkpoint
 from shared.resilience import ProviderUnavailable, guard
 
 if TYPE_CHECKING:
@@ -96,6 +97,7 @@ class _Connection:
                     log.warning("Cartesia sent a message that is not JSON; ignored")
                     continue
                 self._route(event)
+                checkpoint()
                 # Cartesia sends a sentence's audio faster than real time: many messages
                 # are often already here, and without a yield this reader would parse them
                 # all (~100 µs each under load) while every other call's frames wait.

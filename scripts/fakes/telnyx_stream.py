@@ -260,10 +260,9 @@ class TelnyxStream:
         """Loop callback: the socket has data (or EOF)."""
         assert self._pipe is not None
         try:
-            data = self._pipe.sock.recv(1 << 18)
+            data, now = self._pipe.recv_stamped()
         except OSError:
-            data = b""
-        now = time.monotonic()
+            data, now = b"", time.monotonic()
         with self._lock:
             if not self._finished:
                 with contextlib.suppress(CallClosed):  # the call ended; released below

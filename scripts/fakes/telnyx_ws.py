@@ -7,9 +7,11 @@ thread-safe: the owner serialises calls (FakeTelnyxCall holds its lock around ev
 
 from __future__ import annotations
 
+import contextlib
 import random
 import socket
 import struct
+import time
 
 from websockets.client import ClientProtocol
 from websockets.exceptions import InvalidState
@@ -26,6 +28,8 @@ OPEN_TIMEOUT = 5.0
 SEND_TIMEOUT = 10.0  # a server that stops reading for this long is treated as gone
 MAX_MESSAGE = 16 * 2**20  # Telnyx accepts up to 30 s of audio in one media message
 RECV_BYTES = 1 << 18
+SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)  # Linux
+_STAMP_SPACE = socket.CMSG_SPACE(16)
 
 Message = tuple[bool, bytes]  # (binary?, payload)
 
@@ -34,6 +38,8 @@ class WebSocketPipe:
     """One open client websocket: send text/binary/close, feed received bytes."""
 
     def __init__(self, sock: socket.socket, protocol: ClientProtocol) -> None:
+        with contextlib.suppress(OSError):  # not Linux: recv_stamped() uses the read's time
+            sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
         self.sock = sock
         self.protocol = protocol
         self.early: list[Message] = []  # messages that came with the handshake response
@@ -65,6 +71,19 @@ class WebSocketPipe:
             )
         sock.settimeout(SEND_TIMEOUT)
         return pipe
+
+    def recv_stamped(self) -> tuple[bytes, float]:
+        """What has arrived, and when (monotonic): the kernel's receive time of the last
+        segment read (SO_TIMESTAMPNS), else now. Why: the owner's thread may get to the
+        socket late on a busy machine, and a phone's playout starts when the audio
+        arrived, not when a load generator's thread looked; never later than the read."""
+        data, ancillary, _, _ = self.sock.recvmsg(RECV_BYTES, _STAMP_SPACE)
+        now = time.monotonic()
+        for level, kind, value in ancillary:
+            if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(value) >= 16:
+                seconds, nanoseconds = struct.unpack("qq", value[:16])
+                return data, min(now, now - (time.time() - seconds - nanoseconds / 1e9))
+        return data, now
 
     def send_text(self, text: str) -> None:
         """Send one text message (raises OSError if the socket is gone)."""

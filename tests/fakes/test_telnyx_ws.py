@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 from collections.abc import Callable
 
 import pytest
@@ -74,3 +75,22 @@ def test_no_data_is_sent_once_the_websocket_is_closing() -> None:
         pipe.send_text("too late")
     pipe.sock.close()
     assert [f.opcode for f in _frames(server, received())] == [Opcode.CLOSE]
+
+
+def test_what_arrives_is_stamped_with_when_it_arrived_not_when_it_was_read() -> None:
+    # The phone's playout starts when the agent's audio reached it: a load generator's
+    # thread that reads 200 ms late must not move it (SO_TIMESTAMPNS, TCP on loopback).
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        ours = socket.create_connection(listener.getsockname())
+        theirs, _ = listener.accept()
+    client = ClientProtocol(parse_uri("ws://127.0.0.1/media"), state=State.OPEN)
+    pipe = WebSocketPipe(ours, client)
+    with ours, theirs:
+        sent = time.monotonic()
+        theirs.sendall(b"audio")
+        time.sleep(0.2)
+        data, arrived = pipe.recv_stamped()
+        read = time.monotonic()
+    assert data == b"audio"
+    assert sent - 0.005 <= arrived < sent + 0.05  # (two clocks: a few µs either way)
+    assert read - arrived >= 0.19

@@ -1,0 +1,241 @@
+"""The voice benchmark's hooks in the voice worker, loaded through PYTHONPATH by the
+benchmark only (`BENCH_HOOKS_DIR`), each writing what it found to a file there.
+
+**Frame arrivals** (always on): for each read of the frame pump, how long the data had been
+in the kernel (SO_TIMESTAMPNS, the last segment read), so the benchmark measures what the
+issue asks of a frame, "handled no later than 20 ms after arrival", at the voice process
+itself. The frame lag from the phones' `media.timestamp` also counts the load generator:
+on this 2-core machine, at 200 calls, its phones share one busy core and one GIL, and a
+frame can leave a phone (or cross the loopback) well after it was stamped. Costs a
+`recvmsg` and its ancillary data instead of a `recv` (~1-2 µs a read). Bucket counts in
+`arrivals.json`, rewritten every 0.2 s.
+
+**The per-greenlet CPU account** (`--account-calls`, `BENCH_ACCOUNT=1`):
+
+Why not py-spy alone: in a gevent process it charged a quarter of the worker's samples to
+the hub's `loop.run()` line, where perf (with DWARF stacks) finds only ~7 % of the worker's
+time in C below the event loop outside the interpreter. Here `greenlet.settrace` adds up
+the thread's CPU time between switches for each greenlet, labelled by the function it runs.
+A switch costs a few µs more while it is on (off, a trace call that returns at once).
+
+It also keeps the stalls: every gap of more than `STALL_S` (wall clock) between two rounds
+of the read ticker's pump, which reads every call's frames (in its own greenlet, or in any
+at a checkpoint: shared/realtime.py), with what ran in the gap (wall time per greenlet, and
+the garbage collector's): a frame that waits through one is late.
+
+On while the file `on` exists there; the totals so far are written to `account.json` every
+0.2 s while on.
+"""
+
+from __future__ import annotations
+
+import functools
+import gc
+import json
+import os
+import socket
+import struct
+import sys
+import time
+import weakref
+from typing import Any
+
+DIRECTORY = os.environ.get("BENCH_HOOKS_DIR")
+ARRIVAL_BUCKETS_S = (0.002, 0.005, 0.01, 0.02, 0.05, 0.1)  # and one more: over 100 ms
+STALL_S = 0.015
+MAX_STALLS = 500
+RECV_BYTES = 65536  # as web/voice/media_socket.py
+SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
+
+
+def label_of(g: Any) -> str:
+    """What greenlet `g` runs: the function's module and qualified name."""
+    run = getattr(g, "_run", None) or getattr(g, "run", None)
+    run = getattr(run, "func", run)  # a functools.partial
+    name = "hub" if type(g).__name__ == "Hub" else getattr(run, "__qualname__", type(g).__name__)
+    return f"{getattr(run, '__module__', '') or ''}.{name}"
+
+
+class Account:
+    def __init__(self) -> None:
+        self.on = False
+        self.cpu: dict[str, float] = {}
+        self.runs: dict[str, int] = {}
+        # Labelled when first switched to (gevent drops a Greenlet's `_run` once it
+        # returns, before its last switch); weakly keyed, since a dead greenlet's id() is
+        # soon another's.
+        self.labels: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
+        self.current = "?"  # the label of the greenlet running now
+        self.cpu_at: float | None = None  # the thread's CPU time at the last switch
+        self.wall_at = 0.0  # wall time at the last switch (or pump round)
+        self.started = 0.0
+        # Stalls: wall time per greenlet since the last pump round began.
+        self.gap: dict[str, float] = {}
+        self.gap_runs = 0
+        self.round_at = 0.0
+        self.gc_at = 0.0
+        self.stalls: list[dict[str, Any]] = []
+
+    def start(self) -> None:
+        self.cpu.clear()
+        self.runs.clear()
+        self.stalls.clear()
+        self.gap.clear()
+        self.cpu_at, self.round_at, self.started = None, 0.0, time.monotonic()
+        self.on = True
+
+    def label(self, g: Any) -> str:
+        found = self.labels.get(g)
+        if found is None:
+            found = self.labels[g] = label_of(g)
+        return found
+
+    def switch(self, event: str, args: tuple[Any, Any]) -> None:
+        """greenlet's trace function."""
+        if not self.on or event not in ("switch", "throw"):
+            return
+        cpu, wall = time.thread_time(), time.perf_counter()
+        key, self.current = self.label(args[0]), self.label(args[1])
+        if self.cpu_at is not None:
+            self.cpu[key] = self.cpu.get(key, 0.0) + cpu - self.cpu_at
+            self.runs[key] = self.runs.get(key, 0) + 1
+            self.gap[key] = self.gap.get(key, 0.0) + wall - self.wall_at
+            self.gap_runs += 1
+        self.cpu_at, self.wall_at = cpu, wall
+
+    def pump_round(self) -> None:
+        """A pump round begins: close the gap since the last one."""
+        if not self.on:
+            return
+        wall = time.perf_counter()
+        self.gap[self.current] = self.gap.get(self.current, 0.0) + wall - self.wall_at
+        self.wall_at = wall
+        if self.round_at and wall - self.round_at > STALL_S and len(self.stalls) < MAX_STALLS:
+            gap = {"gap": wall - self.round_at, "runs": self.gap_runs, "by": dict(self.gap)}
+            self.stalls.append(gap)
+        self.round_at, self.gap_runs = wall, 0
+        self.gap.clear()
+
+    def collection(self, phase: str, info: dict[str, int]) -> None:
+        """gc's callback: the collector's wall time in the gap, and its collections."""
+        if not self.on:
+            return
+        if phase == "start":
+            self.gc_at = time.perf_counter()
+        elif self.gc_at:
+            self.gap["gc"] = self.gap.get("gc", 0.0) + time.perf_counter() - self.gc_at
+            counted = f"gc{info['generation']}#"
+            self.gap[counted] = self.gap.get(counted, 0) + 1
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "seconds": time.monotonic() - self.started,
+            "cpu": dict(self.cpu),
+            "runs": dict(self.runs),
+            "stalls": list(self.stalls),
+        }
+
+
+class Buckets:
+    """Counts of durations by bucket (`ARRIVAL_BUCKETS_S`, then one for the rest)."""
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(ARRIVAL_BUCKETS_S) + 1)
+
+    def note(self, seconds: float) -> None:
+        for i, bound in enumerate(ARRIVAL_BUCKETS_S):
+            if seconds <= bound:
+                self.counts[i] += 1
+                return
+        self.counts[-1] += 1
+
+
+class Arrivals:
+    """How long each pump read's data had waited in the kernel (SO_TIMESTAMPNS gives the
+    last segment read: a lower bound when a read holds several frames), and the gaps
+    between two pump rounds (a frame that arrives just after a round waits for the next):
+    together, how long after its arrival a frame was read."""
+
+    def __init__(self) -> None:
+        self.waits, self.gaps = Buckets(), Buckets()
+        self.round_at = 0.0
+        self.stamped: set[int] = set()  # sockets with receive timestamps on
+        self.space = socket.CMSG_SPACE(16)
+
+    def recv(self, media: Any) -> bytes:
+        """MediaSocket._pump_recv, timed."""
+        raw = media._raw
+        if raw.fileno() not in self.stamped:
+            raw.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+            self.stamped.add(raw.fileno())
+        data, ancillary, _, _ = raw.recvmsg(RECV_BYTES, self.space)
+        for level, kind, value in ancillary:
+            if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(value) >= 16:
+                seconds, nanoseconds = struct.unpack("qq", value[:16])
+                self.waits.note(time.time() - seconds - nanoseconds / 1e9)
+        return data  # type: ignore[no-any-return]
+
+    def round(self) -> None:
+        now = time.perf_counter()
+        if self.round_at:
+            self.gaps.note(now - self.round_at)
+        self.round_at = now
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "buckets_s": ARRIVAL_BUCKETS_S,
+            "waits": self.waits.counts,
+            "gaps": self.gaps.counts,
+        }
+
+
+def _write(path: str, value: dict[str, Any]) -> None:
+    with open(path + ".tmp", "w") as f:
+        json.dump(value, f)
+    os.replace(path + ".tmp", path)
+
+
+def _install(directory: str) -> None:
+    import greenlet
+    from gevent import monkey
+
+    from web.voice.media_socket import MediaSocket
+    from web.voice.read_ticker import ReadTicker
+
+    arrivals, account = Arrivals(), Account() if os.environ.get("BENCH_ACCOUNT") else None
+    flag, out = os.path.join(directory, "on"), os.path.join(directory, "account.json")
+
+    def control() -> None:  # an OS thread: it must not switch greenlets
+        while True:
+            time.sleep(0.2)
+            _write(os.path.join(directory, "arrivals.json"), arrivals.snapshot())
+            if account is None:
+                continue
+            if os.path.exists(flag):
+                if not account.on:
+                    account.start()
+                _write(out, account.snapshot())
+            else:
+                account.on = False
+
+    def timed_recv(media: MediaSocket) -> bytes:  # a function: bound as the method is
+        return arrivals.recv(media)
+
+    MediaSocket._pump_recv = timed_recv  # type: ignore[method-assign]
+    original_round = ReadTicker._round
+
+    def counted_round(self: ReadTicker) -> None:
+        arrivals.round()
+        if account is not None:
+            account.pump_round()
+        original_round(self)
+
+    ReadTicker._round = counted_round  # type: ignore[method-assign]
+    if account is not None:
+        greenlet.settrace(account.switch)
+        gc.callbacks.append(account.collection)
+    monkey.get_original("threading", "Thread")(target=control, daemon=True).start()
+
+
+if DIRECTORY and "gunicorn" in " ".join(sys.argv):
+    os.register_at_fork(after_in_child=functools.partial(_install, DIRECTORY))

@@ -999,6 +999,7 @@ class StepResult:
     questions_per_s: float
     fallbacks: dict[str, float]
     errors: list[str]
+    playout_gaps: dict[str, float] = field(default_factory=dict)  # the worker's, by cause
 
     @property
     def ok(self) -> bool:
@@ -1096,6 +1097,10 @@ def measure_step(
         answered=1 - unanswered / asked if asked else math.nan,
         questions_per_s=asked / (until - since),
         fallbacks=counters_delta(before, after, "voice_provider_fallbacks_total"),
+        playout_gaps={
+            key.partition("cause=")[2].rstrip("}"): value
+            for key, value in counters_delta(before, after, "voice_playout_gaps_total").items()
+        },
         errors=phones.errors(),
     )
 
@@ -1106,7 +1111,7 @@ def step_header() -> str:
         f"{'clear n':>7} {'p50':>5} {'max':>5} {'miss':>4} {'v2v p50':>7} {'p95':>5} "
         f"{'ans%':>4} {'cpu voice':>9} {'/call':>5} {'fakes':>5} {'phones':>6} {'machine':>7} "
         f"{'steal':>5} {'rss MB':>6} {'ph.lag':>6} {'gc>20ms':>7} {'gc max':>8} {'loop p99':>8} "
-        f"{'max':>8} {'arrival':>8} {'gaps':>8} {'>20ms':>5}  ok"
+        f"{'max':>8} {'arrival':>8} {'gaps':>8} {'>20ms':>5} {'silences':>8}  ok"
     )
 
 
@@ -1121,7 +1126,8 @@ def step_row(r: StepResult) -> str:
         f"{fakes:>4.0f}% {r.cpu.get('phones', math.nan):>5.0f}% {r.cpu.get('machine', math.nan):>6.0f}% "
         f"{r.cpu.get('steal', math.nan):>4.0f}% {r.rss_mb:>6.0f} {r.phone_lag_ms:>4.0f}ms {r.gc_stalls:>7.0f} {r.gc_worst:>8} "
         f"{1000 * r.loop_lag.quantile(0.99):>6.1f}ms {r.loop_lag.worst_bucket():>8} "
-        f"{r.read_waits.worst_bucket():>8} {r.round_gaps.worst_bucket():>8} {r.late_reads:>5.0f}  "
+        f"{r.read_waits.worst_bucket():>8} {r.round_gaps.worst_bucket():>8} {r.late_reads:>5.0f} "
+        f"{r.playout_gaps.get('tts', 0):>3.0f}/{r.playout_gaps.get('playout', 0):<4.0f}  "
         f"{'yes' if r.ok else 'NO'}"
         + (f"  fallbacks {r.fallbacks}" if r.fallbacks else "")
         + (f"  errors {len(r.errors)}: {r.errors[0]}" if r.errors else "")
@@ -1188,7 +1194,9 @@ def run_ramp(ctx: Context) -> list[str]:
         "ph.lag = the phones' own worst send lateness; loop = how late the worker's 50 ms probe "
         "timer fired (voice_event_loop_lag_seconds); arrival = per read of the frame pump, how "
         "long its data had been in the voice process's kernel (SO_TIMESTAMPNS, worst bucket); "
-        "gaps = between two rounds of the pump (worst bucket); >20ms = reads and gaps over 20 ms",
+        "gaps = between two rounds of the pump (worst bucket); >20ms = reads and gaps over 20 ms; "
+        "silences = the worker's count of silences > 40 ms inside agent turns "
+        "(voice_playout_gaps_total), no TTS audio yet / audio waiting in the worker",
         step_header(),
         *[step_row(r) for r in results],
         f"  capacity: {best} simultaneous calls pass (no frame > 20 ms late, no underrun, every "

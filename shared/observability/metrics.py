@@ -138,3 +138,9 @@ VOICE_REJECTED_STREAMS = Counter(
     "voice_rejected_streams_total", "Media streams refused at connect", ["reason"]
 )
 VOICE_BAD_FRAMES = Counter("voice_bad_frames_total", "Inbound frames dropped", ["reason"])
+VOICE_PLAYOUT_GAPS = Counter(
+    "voice_playout_gaps_total",
+    "Silences over 40 ms inside an agent turn, by cause: tts (no audio had come yet) or "
+    "playout (audio was waiting here)",
+    ["cause"],
+)

@@ -3,6 +3,10 @@
 Only a small lead is ever buffered at Telnyx (`lead_ms` plus one chunk), so a `clear`
 cuts the agent off at once. Each chunk is followed by a mark; Telnyx echoes a mark when
 the audio before it has played, which tells us exactly what the caller heard.
+
+A silence the caller hears inside a turn (the audio sent so far played out before the
+next chunk went) is counted in `voice_playout_gaps_total`, by cause: `tts` when no audio
+had come for it yet, `playout` when it was waiting here (this process was behind).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from dataclasses import dataclass, field
 import gevent
 from gevent.event import Event
 
+from shared.observability.metrics import VOICE_PLAYOUT_GAPS
 from shared.realtime import checkpoint
 from shared.voice.telnyx_media import (
     CLEAR_MESSAGE,
@@ -29,6 +34,7 @@ log = logging.getLogger(__name__)
 
 BYTES_PER_MS = 8  # 8 kHz μ-law
 SILENCE = b"\xff"
+GAP_S = 0.04  # a silence inside a turn the caller would hear
 
 
 @dataclass
@@ -44,6 +50,7 @@ class TurnAudio:
     finished: bool = False  # no more audio will come
     cleared: bool = False
     first_sent_at: float | None = None
+    waiting_since: float | None = None  # when the unsent audio began to wait (None: none)
     marks: dict[str, int] = field(default_factory=dict)  # mark name → bytes heard once echoed
     changed: Event = field(default_factory=Event)  # set when all heard, cleared, or closed
 
@@ -79,6 +86,8 @@ class Playout:
     def add(self, audio: TurnAudio, ulaw: bytes, *, segment_end: bool = False) -> None:
         if audio.cleared:
             return
+        if not audio.queued:
+            audio.waiting_since = self.clock()
         audio.queued += ulaw
         audio.total += len(ulaw)
         if segment_end:
@@ -163,6 +172,12 @@ class Playout:
                 self.wakeup.wait(timeout=0.05)
                 self.wakeup.clear()
 
+    def _count_gap(self, audio: TurnAudio, now: float) -> None:
+        """Before a chunk of a turn already playing: did the caller hear silence, and why?"""
+        if audio.sent and now - self.play_end > GAP_S:
+            waited = audio.waiting_since is not None and audio.waiting_since <= self.play_end
+            VOICE_PLAYOUT_GAPS.labels("playout" if waited else "tts").inc()
+
     def _send_next(self, audio: TurnAudio) -> bool:
         """Send one chunk of the head turn; False when it has nothing ready yet."""
         size = min(self.chunk, len(audio.queued))
@@ -181,6 +196,8 @@ class Playout:
         if len(piece) % 160:  # Telnyx wants whole 20 ms frames
             piece += SILENCE * (160 - len(piece) % 160)
         now = self.clock()
+        self._count_gap(audio, now)
+        audio.waiting_since = now if audio.queued else None
         name = f"{audio.turn}:{audio.sent + size}"
         self.send(media_message(piece), mark_message(name))  # one write for both
         if self.closed:

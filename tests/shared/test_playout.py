@@ -6,6 +6,7 @@ import json
 import time
 
 import gevent
+from prometheus_client import REGISTRY
 
 from shared.voice.playout import Playout
 from shared.voice.telnyx_media import StreamClosed
@@ -112,5 +113,43 @@ def test_waiting_for_a_turn_to_be_heard_ends_on_its_last_mark_a_clear_or_the_clo
     start = time.monotonic()
     playout.wait_heard(unmarked)
     assert 0.4 <= time.monotonic() - start < 0.8 and not playout.speaking
+    playout.close()
+    pacer.join(timeout=1)
+
+
+def _gaps(cause: str) -> float:
+    return REGISTRY.get_sample_value("voice_playout_gaps_total", {"cause": cause}) or 0.0
+
+
+def test_a_silence_inside_a_turn_is_counted_with_its_cause() -> None:
+    playout = Playout(lambda *texts: None, chunk_ms=20, lead_ms=40)
+    pacer = run(playout)
+    tts, here = _gaps("tts"), _gaps("playout")
+
+    # The TTS is late: 100 ms of audio plays out, the rest comes 200 ms after.
+    audio = playout.begin_turn(1)
+    playout.add(audio, b"\x7f" * (SECOND // 10))
+    gevent.sleep(0.3)
+    playout.add(audio, b"\x7f" * (SECOND // 10))
+    playout.finish(audio)
+    gevent.sleep(0.2)
+    assert (_gaps("tts") - tts, _gaps("playout") - here) == (1, 0)
+
+    # This process is late: the audio is here, but nothing runs the pacer for 300 ms
+    # (time.sleep blocks the whole hub in this unpatched test process).
+    audio = playout.begin_turn(2)
+    playout.add(audio, b"\x7f" * SECOND)
+    gevent.sleep(0.05)
+    time.sleep(0.3)
+    gevent.sleep(0.05)
+    assert (_gaps("tts") - tts, _gaps("playout") - here) == (1, 1)
+
+    # Paced with the audio there all along: no silence.
+    playout.clear()
+    audio = playout.begin_turn(3)
+    playout.add(audio, b"\x7f" * (SECOND // 2))
+    playout.finish(audio)
+    playout.idle.wait(timeout=3)
+    assert (_gaps("tts") - tts, _gaps("playout") - here) == (1, 1)
     playout.close()
     pacer.join(timeout=1)

@@ -1451,7 +1451,7 @@ def account_worker(directory: Path, seconds: float, calls: int) -> list[str]:
 def stall_lines(stalls: list[dict[str, Any]], span: float) -> list[str]:
     """The gaps over 15 ms between two rounds of the frame pump, and what filled them."""
     if not stalls:
-        return ["  no gap over 15 ms between two runs of the frame pump"]
+        return ["  no gap over 15 ms between two rounds of the frame pump"]
     gaps = [s["gap"] for s in stalls]
     by: dict[str, float] = {}
     for stall in stalls:

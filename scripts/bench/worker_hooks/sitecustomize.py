@@ -7,8 +7,10 @@ issue asks of a frame, "handled no later than 20 ms after arrival", at the voice
 itself. The frame lag from the phones' `media.timestamp` also counts the load generator:
 on this 2-core machine, at 200 calls, its phones share one busy core and one GIL, and a
 frame can leave a phone (or cross the loopback) well after it was stamped. Costs a
-`recvmsg` and its ancillary data instead of a `recv` (~1-2 µs a read). Bucket counts in
-`arrivals.json`, rewritten every 0.2 s.
+`recvmsg` and its ancillary data instead of a `recv` (~1-2 µs a read). With them, the gaps
+between two pump rounds (the kernel stamps a read with its newest segment, so a frame
+that waited through a gap shows in the gap). Bucket counts in `arrivals.json`, rewritten
+every 0.2 s.
 
 **The per-greenlet CPU account** (`--account-calls`, `BENCH_ACCOUNT=1`):
 
@@ -44,7 +46,6 @@ DIRECTORY = os.environ.get("BENCH_HOOKS_DIR")
 ARRIVAL_BUCKETS_S = (0.002, 0.005, 0.01, 0.02, 0.05, 0.1)  # and one more: over 100 ms
 STALL_S = 0.015
 MAX_STALLS = 500
-RECV_BYTES = 65536  # as web/voice/media_socket.py
 SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
 
 
@@ -156,7 +157,8 @@ class Arrivals:
     between two pump rounds (a frame that arrives just after a round waits for the next):
     together, how long after its arrival a frame was read."""
 
-    def __init__(self) -> None:
+    def __init__(self, recv_bytes: int) -> None:
+        self.recv_bytes = recv_bytes
         self.waits, self.gaps = Buckets(), Buckets()
         self.round_at = 0.0
         self.stamped: set[int] = set()  # sockets with receive timestamps on
@@ -168,7 +170,7 @@ class Arrivals:
         if raw.fileno() not in self.stamped:
             raw.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
             self.stamped.add(raw.fileno())
-        data, ancillary, _, _ = raw.recvmsg(RECV_BYTES, self.space)
+        data, ancillary, _, _ = raw.recvmsg(self.recv_bytes, self.space)
         for level, kind, value in ancillary:
             if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(value) >= 16:
                 seconds, nanoseconds = struct.unpack("qq", value[:16])
@@ -199,10 +201,10 @@ def _install(directory: str) -> None:
     import greenlet
     from gevent import monkey
 
-    from web.voice.media_socket import MediaSocket
+    from web.voice.media_socket import RECV_BYTES, MediaSocket
     from web.voice.read_ticker import ReadTicker
 
-    arrivals, account = Arrivals(), Account() if os.environ.get("BENCH_ACCOUNT") else None
+    arrivals, account = Arrivals(RECV_BYTES), Account() if os.environ.get("BENCH_ACCOUNT") else None
     flag, out = os.path.join(directory, "on"), os.path.join(directory, "account.json")
 
     def control() -> None:  # an OS thread: it must not switch greenlets

@@ -617,11 +617,13 @@ class CpuMeter:
         (all cores)."""
         now = self._snapshot()
         wall = now["wall"] - self._start["wall"]
-        return {
+        found = {
             name: 100 * (now[name] - self._start.get(name, now[name])) / wall
             for name in now
             if name != "wall"
         }
+        found["phones"] = sum(v for k, v in found.items() if k.startswith("phones-"))
+        return found
 
     def rss_mb(self, name: str) -> float:
         with contextlib.suppress(psutil.Error):
@@ -662,6 +664,10 @@ class Windows:
     def record(self, step: int, latency: float | None) -> None:
         with self._lock:
             self.clears[step].append(latency)
+
+    def clears_of(self, step: int) -> list[float | None]:
+        with self._lock:
+            return list(self.clears.get(step, []))
 
     def skip(self, step: int) -> None:
         with self._lock:
@@ -774,14 +780,18 @@ def phased_loops(k: int, phases: int = 1) -> list[MediaLoop]:
 
 class Phones:
     """Calls placed on one voice server, spread over `loops` phased MediaLoops of `phases`
-    slots each; `hang_up()` ends them all (threads joined, loops closed)."""
+    slots each; `hang_up()` ends them all (threads joined, loops closed). Without a server
+    and tenant (a PhoneFleet's process), it places the calls it is given (`place`)."""
 
-    def __init__(self, server: VoiceServer, tenant: Tenant, loops: int, phases: int) -> None:
+    def __init__(
+        self, server: VoiceServer | None, tenant: Tenant | None, loops: int, phases: int
+    ) -> None:
         self.server, self.tenant = server, tenant
         self.stop = threading.Event()
         self.callers: list[Caller] = []
         self.tickets: list[Ticket] = []
         self.loops = phased_loops(loops, phases)
+        self.windows = Windows()
 
     @property
     def send_lateness(self) -> float:
@@ -798,25 +808,56 @@ class Phones:
         *,
         turns: int | None = None,
         hold: bool = False,
-        windows: Windows | None = None,
+        windows: bool = False,
         rate: float = CONNECTS_PER_S,
     ) -> None:
-        for ticket in self.tenant.calls(n):
-            index = len(self.callers)
+        """`n` new calls; `windows`: each interrupts once in every measured window."""
+        assert self.server is not None and self.tenant is not None
+        tickets = self.tenant.calls(n)
+        self.tickets += tickets
+        first = len(self.callers)
+        lines = [(self.server.url(t), t.call_control_id, first + i) for i, t in enumerate(tickets)]
+        self.place(lines, turns=turns, hold=hold, windows=windows, rate=rate)
+
+    def place(
+        self,
+        lines: list[tuple[str, str, int]],
+        *,
+        turns: int | None = None,
+        hold: bool = False,
+        windows: bool = False,
+        rate: float = CONNECTS_PER_S,
+    ) -> None:
+        """Connect a phone per (url, call_control_id, caller index), `rate` a second."""
+        for url, call_control_id, index in lines:
             phone = FakeTelnyxCall(
-                self.server.url(ticket),
-                call_control_id=ticket.call_control_id,
-                loop=self.loops[index % len(self.loops)],
+                url, call_control_id=call_control_id, loop=self.loops[index % len(self.loops)]
             )
             phone.stamp_sent = True  # lag from when a frame left, not from its slot
             phone.connect()
             caller = Caller(
-                index, phone, self.stop, turns=turns, hold=hold, windows=windows, seed=index
+                index,
+                phone,
+                self.stop,
+                turns=turns,
+                hold=hold,
+                windows=self.windows if windows else None,
+                seed=index,
             )
             caller.start()
             self.callers.append(caller)
-            self.tickets.append(ticket)
             time.sleep(1 / rate)
+
+    def count(self) -> int:
+        return len(self.callers)
+
+    def questions(self) -> tuple[int, int]:
+        """Asked and unanswered so far."""
+        return sum(c.asked for c in self.callers), sum(c.unanswered for c in self.callers)
+
+    def gaps(self, since: float, until: float) -> list[int]:
+        """Per call, the underruns that began in [since, until]."""
+        return [len(underruns(c.phone, since, until)) for c in self.callers]
 
     def wait_done(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -833,6 +874,147 @@ class Phones:
 
     def errors(self) -> list[str]:
         return [c.error for c in self.callers if c.error]
+
+    @property
+    def pids(self) -> list[int]:
+        return [os.getpid()]
+
+
+class FleetWindows:
+    """The measured windows of a PhoneFleet: opened and closed in every process."""
+
+    def __init__(self, fleet: PhoneFleet) -> None:
+        self.fleet = fleet
+
+    def open(self, step: int) -> None:
+        self.fleet.ask("open", step)
+
+    def close(self) -> None:
+        self.fleet.ask("close")
+
+    def clears_of(self, step: int) -> list[float | None]:
+        return [c for found in self.fleet.ask("clears", step) for c in found]
+
+
+class PhoneFleet:
+    """As Phones, with the calls dealt to `procs` processes of their own (`--phone-procs`):
+    on this 2-core box 200 calls' caller threads and phone loops in the benchmark's own
+    process share one GIL, and a phone loop waited up to seconds for it. Each process runs
+    a Phones of `loops` loops; their send instants are spread over the 20 ms too."""
+
+    def __init__(
+        self, server: VoiceServer, tenant: Tenant, procs: int, loops: int, phases: int
+    ) -> None:
+        self.server, self.tenant = server, tenant
+        self.tickets: list[Ticket] = []
+        self.windows = FleetWindows(self)
+        spawn = multiprocessing.get_context("spawn")
+        self.conns: list[Connection] = []
+        self.procs: list[Any] = []
+        for i in range(procs):
+            ours, theirs = spawn.Pipe()
+            offset = i * TICK / (procs * loops * phases)
+            proc = spawn.Process(
+                target=_phone_process, args=(theirs, loops, phases, offset), daemon=True
+            )
+            proc.start()
+            self.conns.append(ours)
+            self.procs.append(proc)
+        self.ask("ready")
+
+    def ask(self, *command: Any) -> list[Any]:
+        """Send `command` to every process; their answers, in order."""
+        for conn in self.conns:
+            conn.send(command)
+        answers = [conn.recv() for conn in self.conns]
+        for answer in answers:
+            if isinstance(answer, BaseException):
+                raise answer
+        return answers
+
+    def dial(self, n: int, *, windows: bool = False, rate: float = CONNECTS_PER_S) -> None:
+        tickets = self.tenant.calls(n)
+        start = len(self.tickets)
+        self.tickets += tickets
+        dealt: list[list[tuple[str, str, int]]] = [[] for _ in self.conns]
+        for i, ticket in enumerate(tickets):
+            index = start + i
+            dealt[index % len(self.conns)].append(
+                (self.server.url(ticket), ticket.call_control_id, index)
+            )
+        for conn, lines in zip(self.conns, dealt, strict=True):
+            conn.send(("place", lines, windows, rate / len(self.conns)))
+        for conn in self.conns:
+            if isinstance(answer := conn.recv(), BaseException):
+                raise answer
+
+    def count(self) -> int:
+        return sum(self.ask("count"))
+
+    def questions(self) -> tuple[int, int]:
+        found = self.ask("questions")
+        return sum(a for a, _ in found), sum(u for _, u in found)
+
+    def gaps(self, since: float, until: float) -> list[int]:
+        return [g for found in self.ask("gaps", since, until) for g in found]
+
+    @property
+    def send_lateness(self) -> float:
+        return max(self.ask("lateness"))
+
+    def reset_lateness(self) -> None:
+        self.ask("reset")
+
+    def errors(self) -> list[str]:
+        return [e for found in self.ask("errors") for e in found]
+
+    def hang_up(self) -> None:
+        with contextlib.suppress(Exception):
+            self.ask("hang_up")
+        for proc in self.procs:
+            proc.join(10)
+            if proc.is_alive():
+                proc.kill()
+
+    @property
+    def pids(self) -> list[int]:
+        return [os.getpid(), *(p.pid for p in self.procs)]
+
+
+def _phone_process(conn: Connection, loops: int, phases: int, offset: float) -> None:
+    """A PhoneFleet's process: a Phones, driven by commands from the benchmark."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops us
+    sys.setswitchinterval(0.0005)  # as main() does: the loops' threads get the GIL soon
+    gc.disable()
+    time.sleep(offset)
+    phones = Phones(None, None, loops, phases)
+    handlers: dict[str, Callable[..., Any]] = {
+        "ready": lambda: True,
+        "place": lambda lines, windows, rate: phones.place(lines, windows=windows, rate=rate),
+        "count": phones.count,
+        "questions": phones.questions,
+        "gaps": phones.gaps,
+        "lateness": lambda: phones.send_lateness,
+        "reset": phones.reset_lateness,
+        "errors": phones.errors,
+        "open": phones.windows.open,
+        "close": phones.windows.close,
+        "clears": phones.windows.clears_of,
+    }
+    while True:
+        try:
+            name, *args = conn.recv()
+        except EOFError:
+            name, args = "hang_up", []
+        if name == "hang_up":
+            phones.hang_up()
+            with contextlib.suppress(OSError):
+                conn.send(True)
+            return
+        try:
+            conn.send(handlers[name](*args))
+        except Exception as exc:
+            conn.send(RuntimeError(f"phone process: {name}: {exc!r}"))
 
 
 def underruns(phone: FakeTelnyxCall, since: float, until: float) -> list[Gap]:
@@ -1046,8 +1228,7 @@ class StepResult:
 def measure_step(
     ctx: Context,
     server: VoiceServer,
-    phones: Phones,
-    windows: Windows,
+    phones: Phones | PhoneFleet,
     step: int,
     meter: CpuMeter,
     hooks: Path,
@@ -1055,11 +1236,10 @@ def measure_step(
     """Settle, then one measured window over the calls now up."""
     gc.collect()  # here, not in the window (see main)
     time.sleep(ctx.args.settle)
-    asked_before = sum(c.asked for c in phones.callers)
-    unanswered_before = sum(c.unanswered for c in phones.callers)
+    asked_before, unanswered_before = phones.questions()
     before, arrivals_before = scrape(server), read_arrivals(hooks)
     phones.reset_lateness()
-    windows.open(step)
+    phones.windows.open(step)
     since, wall_since = time.monotonic(), datetime.now(UTC)
     meter.restart()
     time.sleep(ctx.args.window)
@@ -1067,17 +1247,17 @@ def measure_step(
     until, wall_until = time.monotonic(), datetime.now(UTC)
     phone_lag = phones.send_lateness
     after, arrivals = scrape(server), read_arrivals(hooks)
-    windows.close()
+    phones.windows.close()
     time.sleep(GRACE_S)
     lag = histogram_delta(before, after, "voice_inbound_frame_lag_seconds")
     gc_pauses = histogram_delta(before, after, "voice_gc_pause_seconds")
     loop_lag = histogram_delta(before, after, "voice_event_loop_lag_seconds")
-    gaps = [underruns(c.phone, since, until) for c in phones.callers]
-    clears = windows.clears.get(step, [])
-    asked = sum(c.asked for c in phones.callers) - asked_before
-    unanswered = sum(c.unanswered for c in phones.callers) - unanswered_before
+    gaps = phones.gaps(since, until)
+    clears = phones.windows.clears_of(step)
+    asked, unanswered = phones.questions()
+    asked, unanswered = asked - asked_before, unanswered - unanswered_before
     return StepResult(
-        calls=len(phones.callers),
+        calls=phones.count(),
         lag=lag,
         late_frames=lag.above(LAG_LIMIT_S),
         gc_stalls=gc_pauses.above(LAG_LIMIT_S),
@@ -1085,7 +1265,7 @@ def measure_step(
         loop_lag=loop_lag,
         read_waits=arrivals["waits"].minus(arrivals_before["waits"]),
         round_gaps=arrivals["gaps"].minus(arrivals_before["gaps"]),
-        underruns=sum(len(g) for g in gaps),
+        underruns=sum(gaps),
         calls_with_underruns=sum(1 for g in gaps if g),
         clears=[c for c in clears if c is not None],
         clears_missing=sum(1 for c in clears if c is None),
@@ -1134,9 +1314,10 @@ def step_row(r: StepResult) -> str:
     )
 
 
-def cpu_meter(ctx: Context, server: VoiceServer) -> CpuMeter:
+def cpu_meter(ctx: Context, server: VoiceServer, phones: Phones | PhoneFleet) -> CpuMeter:
     assert ctx.fakes is not None
-    pids = {"voice": server.worker, "phones": os.getpid()}
+    pids = {"voice": server.worker}
+    pids |= {f"phones-{i}": pid for i, pid in enumerate(phones.pids)}
     pids |= {f"fake-{kind}": pid for kind, pid in ctx.fakes.pids.items()}
     return CpuMeter(pids)
 
@@ -1152,15 +1333,19 @@ def run_ramp(ctx: Context) -> list[str]:
         extra["CARTESIA_URL"] = f"http://127.0.0.1:{processes.free_port()}"
     hooks = worker_hooks(ctx, extra, account=bool(args.account_calls))
     with voice_server(ctx, "b", extra) as server:
-        meter = cpu_meter(ctx, server)
+        phones: Phones | PhoneFleet = (
+            PhoneFleet(server, ctx.tenant, args.phone_procs, args.phone_loops, args.phone_phases)
+            if args.phone_procs > 1
+            else Phones(server, ctx.tenant, args.phone_loops, args.phone_phases)
+        )
+        meter = cpu_meter(ctx, server, phones)
         quiet = wait_until_quiet(args.quiet_wait)
         log(f"  {quiet}")
-        windows, phones = Windows(), Phones(server, ctx.tenant, args.phone_loops, args.phone_phases)
         try:
             for step, calls in enumerate(args.steps):
                 log(f"  {calls} calls ({load_line()})")
-                phones.dial(calls - len(phones.callers), windows=windows)
-                result = measure_step(ctx, server, phones, windows, step, meter, hooks)
+                phones.dial(calls - phones.count(), windows=True)
+                result = measure_step(ctx, server, phones, step, meter, hooks)
                 results.append(result)
                 log(step_row(result))
                 if calls == args.profile_calls:
@@ -1330,16 +1515,16 @@ def chunk_run(ctx: Context, chunk: int, idle: bool) -> tuple[StepResult, str]:
     label = f"chunk{chunk}{'-idle' * idle}"
     hooks = worker_hooks(ctx, extra, account=False)
     with voice_server(ctx, label, extra) as server:
-        meter = cpu_meter(ctx, server)
+        phones = Phones(server, ctx.tenant, args.phone_loops, args.phone_phases)
+        meter = cpu_meter(ctx, server, phones)
         quiet = wait_until_quiet(args.quiet_wait)
         log(f"  {quiet}")
-        windows, phones = Windows(), Phones(server, ctx.tenant, args.phone_loops, args.phone_phases)
         try:
             if idle:
                 phones.dial(args.chunk_calls, turns=0, hold=True)
             else:
-                phones.dial(args.chunk_calls, windows=windows)
-            return measure_step(ctx, server, phones, windows, 0, meter, hooks), quiet
+                phones.dial(args.chunk_calls, windows=True)
+            return measure_step(ctx, server, phones, 0, meter, hooks), quiet
         finally:
             phones.hang_up()
 
@@ -1664,6 +1849,12 @@ def _parse_args() -> argparse.Namespace:
     parser.add_argument("--chunk-calls", type=int, default=30, help="0: no chunk-size runs")
     parser.add_argument("--c-calls", type=int, default=3)
     parser.add_argument("--c-turns", type=int, default=4, help="questions per call in (c)")
+    parser.add_argument(
+        "--phone-procs",
+        type=int,
+        default=1,
+        help="(b) processes for the phones, the calls dealt among them (1: this process)",
+    )
     parser.add_argument(
         "--phone-loops",
         type=int,

@@ -900,7 +900,8 @@ class PhoneFleet:
     """As Phones, with the calls dealt to `procs` processes of their own (`--phone-procs`):
     on this 2-core box 200 calls' caller threads and phone loops in the benchmark's own
     process share one GIL, and a phone loop waited up to seconds for it. Each process runs
-    a Phones of `loops` loops; their send instants are spread over the 20 ms too."""
+    a Phones with its share of the `loops` loops; their send instants are spread over the
+    20 ms too."""
 
     def __init__(
         self, server: VoiceServer, tenant: Tenant, procs: int, loops: int, phases: int
@@ -915,7 +916,9 @@ class PhoneFleet:
             ours, theirs = spawn.Pipe()
             offset = i * TICK / (procs * loops * phases)
             proc = spawn.Process(
-                target=_phone_process, args=(theirs, loops, phases, offset), daemon=True
+                target=_phone_process,
+                args=(theirs, max(1, loops // procs), phases, offset),
+                daemon=True,
             )
             proc.start()
             self.conns.append(ours)
@@ -1852,14 +1855,14 @@ def _parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--phone-procs",
         type=int,
-        default=1,
-        help="(b) processes for the phones, the calls dealt among them (1: this process)",
+        default=2,
+        help="(b) processes for the phones, the calls and loops dealt among them (1: this one)",
     )
     parser.add_argument(
         "--phone-loops",
         type=int,
         default=4,
-        help="MediaLoop threads for the phones, their 20 ms ticks spread evenly",
+        help="MediaLoop threads for the phones in all, their 20 ms ticks spread evenly",
     )
     parser.add_argument(
         "--phone-phases",
@@ -1909,7 +1912,8 @@ def main() -> int:
     instants = args.phone_loops * args.phone_phases
     print(
         f"phones   {args.phone_loops} loop threads x {args.phone_phases} send slots: "
-        f"frames leave at {instants} instants of each 20 ms",
+        f"frames leave at {instants} instants of each 20 ms; in (b) in {args.phone_procs} "
+        f"process(es) of their own",
         flush=True,
     )
     with services(settings, database=DATABASE, fresh=True) as endpoints:

@@ -45,7 +45,7 @@ class Start:
     sample_rate: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: 50 a second per call, and frozen costs 3x to build
 class Media:
     sequence: int
     payload: bytes
@@ -95,11 +95,12 @@ def parse(text: str | bytes) -> Frame | None:
 
 def _media(message: dict[str, Any]) -> Media:
     media = message["media"]
+    stamp = media.get("timestamp")
     return Media(
-        sequence=int(message.get("sequence_number") or media.get("chunk") or 0),
-        payload=base64.b64decode(media["payload"], validate=True),
-        track=str(media.get("track") or "inbound"),
-        timestamp=_timestamp(media.get("timestamp")),
+        int(message.get("sequence_number") or media.get("chunk") or 0),
+        binascii.a2b_base64(media["payload"], strict_mode=True),
+        str(media.get("track") or "inbound"),
+        int(stamp) if type(stamp) is str and stamp.isdigit() else _timestamp(stamp),
     )
 
 

@@ -11,6 +11,7 @@ import time
 from collections.abc import Iterator
 
 import httpcore
+import httpx
 import pytest
 
 from scripts.fakes.groq_llm import (
@@ -28,7 +29,13 @@ from shared.providers.llm.base import (
     LlmEvent,
     LlmEventKind,
 )
-from shared.providers.llm.groq import DEFAULT_MODEL, GroqLlm, LlmError, LlmStreamError
+from shared.providers.llm.groq import (
+    DEFAULT_MODEL,
+    GroqLlm,
+    LlmError,
+    LlmStreamError,
+    _chunks,
+)
 from shared.resilience import ProviderUnavailable, guard
 from tests.conftest import poll_until
 
@@ -385,3 +392,28 @@ def test_a_reply_that_breaks_after_it_started_raises_a_stream_error(
         received.extend(llm.stream(CONTEXT, HISTORY))
     assert text_of(received) == "We open"
     assert len(fake.requests) == 1
+
+
+def test_server_sent_events_are_decoded_across_reads_and_line_endings() -> None:
+    body = [
+        b'data: {"a": 1}\n',
+        b'\ndata: {"a"',
+        b': 2}\r\n\r\n: a comment\nevent: ping\ndata: {"p": 1}\n\n',
+        b'data: {"b":\ndata: 3}\n\nevent: error\ndata: {"error": {"message": "x"}}\n\n',
+        b"data: [DONE]\n\n",
+        b'data: {"after": 1}\n\n',
+    ]
+    response = httpx.Response(200, content=iter(body))
+
+    # Named events other than errors carry no completion; data lines join with newlines;
+    # nothing after [DONE] is yielded, but the body is read to its end (the connection's
+    # reuse depends on it).
+    assert list(_chunks(response)) == [{"a": 1}, {"a": 2}, {"b": 3}, {"error": {"message": "x"}}]
+    assert response.is_closed
+
+
+def test_an_event_that_is_not_json_is_a_stream_error() -> None:
+    response = httpx.Response(200, content=iter([b'data: {"a": 1}\n\ndata: nope\n\n']))
+
+    with pytest.raises(LlmStreamError, match="not JSON"):
+        list(_chunks(response))

@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import groq
 import httpx
+import orjson
 from groq.types.chat import ChatCompletion
 
 from shared.config import Settings
@@ -186,10 +188,9 @@ class GroqLlm:
             # The SDK's own POST, the way its README documents for custom requests:
             # create() first walks the whole body through the SDK's type transform (0.9 ms
             # per reply with a short history on this CPU, every reply of every call), for a
-            # body that is plain JSON already. And `Stream[object]`: the SDK's SSE stream,
-            # yielding each chunk as the JSON it decoded, where `Stream[ChatCompletionChunk]`
-            # builds a model of every token in pure Python (~130 µs against json's ~5 µs,
-            # 20-60 times a reply).
+            # body that is plain JSON already. The stream's events are decoded from its
+            # response (`_chunks`): `Stream[ChatCompletionChunk]` would build a model of
+            # every token in pure Python (~130 µs against json's ~5 µs, 20-60 a reply).
             return self._client.post(
                 CHAT_COMPLETIONS,
                 body=body,
@@ -209,7 +210,11 @@ class GroqLlm:
         calls: dict[int, _PendingCall] = {}
         tokens = 0
         try:
-            for chunk in response:
+            for chunk in _chunks(response.response):
+                if error := chunk.get("error"):
+                    raise LlmStreamError(
+                        f"groq stream broke after {tokens} tokens: {_stream_error(error)}"
+                    )
                 for delta in _deltas(chunk):
                     content = delta.get("content")
                     if content and isinstance(content, str):
@@ -226,6 +231,58 @@ class GroqLlm:
             if event is not None:
                 yield event
         yield LlmEvent(LlmEventKind.DONE)
+
+
+_EVENT_END = re.compile(rb"\r\n\r\n|\n\n|\r\r")
+
+
+def _chunks(response: httpx.Response) -> Iterator[dict[str, Any]]:
+    """The JSON object of each server-sent event of the stream, up to `[DONE]`.
+
+    Decoded here, from the SDK's HTTP response, rather than by iterating the SDK's `Stream`:
+    its SSE decoder goes line by line in pure Python, ~25 µs of the ~170 µs a token costs
+    the voice worker (scripts/bench/voice.py's Groq replies, one read per token). Named
+    events other than `error` carry no completion (the SDK passes them on wrapped, and
+    `_deltas` found nothing in them); an `error` event's JSON is yielded for the caller."""
+    pending = b""
+    received = response.iter_bytes()
+    for data in received:
+        *events, pending = _EVENT_END.split(pending + data if pending else data)
+        for event in events:
+            name, payload = _sse_fields(event)
+            if payload is None or name not in (None, "error"):
+                continue
+            if payload.startswith(b"[DONE]"):
+                for _ in received:  # read to the end: the connection goes back to the pool
+                    pass
+                return
+            try:
+                chunk = orjson.loads(payload)
+            except orjson.JSONDecodeError as exc:
+                raise LlmStreamError("groq sent an event that is not JSON") from exc
+            if isinstance(chunk, dict):
+                yield chunk
+
+
+def _sse_fields(event: bytes) -> tuple[str | None, bytes | None]:
+    """An event's name (None: unnamed) and its data lines joined (None: no data)."""
+    if event.startswith(b"data: ") and b"\n" not in event and b"\r" not in event:
+        return None, event[6:]  # nearly every event: one data line
+    name: str | None = None
+    data: list[bytes] = []
+    for line in event.splitlines():
+        field, _, value = line.partition(b":")
+        value = value[1:] if value.startswith(b" ") else value
+        if field == b"data":
+            data.append(value)
+        elif field == b"event":
+            name = value.decode(errors="replace")
+    return name, b"\n".join(data) if data else None
+
+
+def _stream_error(error: object) -> str:
+    message = error.get("message") if isinstance(error, dict) else None
+    return message if isinstance(message, str) and message else "an error event"
 
 
 def _deltas(chunk: object) -> list[dict[str, Any]]:

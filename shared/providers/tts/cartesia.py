@@ -15,6 +15,8 @@ event by `context_id` to its turn, which hands the audio to the turn's sink righ
 
 from __future__ import annotations
 
+import base64
+import binascii
 import functools
 import itertools
 import logging
@@ -24,6 +26,7 @@ import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 
+import orjson
 from cartesia import Cartesia
 from cartesia.resources.tts import WebSocketContext
 from websockets.exceptions import ConnectionClosed
@@ -37,7 +40,6 @@ if TYPE_CHECKING:
     from cartesia.lib._tts import TTSResourceConnection
     from cartesia.types import VoiceSpecifierParam
     from cartesia.types.websocket_connection_options import WebsocketConnectionOptions
-    from cartesia.types.websocket_response import WebsocketResponse
 
     from shared.config import Settings
 
@@ -70,10 +72,12 @@ class _Connection:
     def __init__(self, sdk: TTSResourceConnection) -> None:
         self.sdk = sdk
         self.alive = True
-        self._turns: dict[str, Callable[[Any], None]] = {}
+        self._turns: dict[str, Callable[[dict[str, Any] | CartesiaTtsError], None]] = {}
         start_worker(self._read, "cartesia-reader")
 
-    def register(self, context_id: str, on_event: Callable[[Any], None]) -> None:
+    def register(
+        self, context_id: str, on_event: Callable[[dict[str, Any] | CartesiaTtsError], None]
+    ) -> None:
         """`on_event` gets the context's events (and connection failures) in the reader."""
         self._turns[context_id] = on_event
 
@@ -91,10 +95,15 @@ class _Connection:
         try:
             for count in itertools.count(1):
                 raw = self.sdk.recv_bytes()
+                # Decoded here, not by the SDK's `parse_event`: its model of every audio
+                # chunk is built in pure Python (22 µs a chunk with `.audio`, against 7 µs
+                # for orjson and base64; ~800 chunks a second at 120 calls).
                 try:
-                    event = self.sdk.parse_event(raw)
-                except ValueError:
-                    log.warning("Cartesia sent a message that is not JSON; ignored")
+                    event = orjson.loads(raw)
+                except orjson.JSONDecodeError:
+                    event = None
+                if not isinstance(event, dict):
+                    log.warning("Cartesia sent a message that is not a JSON object; ignored")
                     continue
                 self._route(event)
                 checkpoint()
@@ -120,10 +129,11 @@ class _Connection:
             on_event(CartesiaTtsError(reason))
         self._turns.clear()
 
-    def _route(self, event: WebsocketResponse) -> None:
-        context_id = getattr(event, "context_id", None)
+    def _route(self, event: dict[str, Any]) -> None:
+        """Hand `event` (a decoded message of the server's) to its context's turn."""
+        context_id = event.get("context_id")
         if context_id is None:
-            if event.type == "error":  # not about one context: about all
+            if event.get("type") == "error":  # not about one context: about all
                 for on_event in list(self._turns.values()):
                     on_event(event)
         elif (turn := self._turns.get(context_id)) is not None:
@@ -206,7 +216,7 @@ class CartesiaTurn:
         since = self._awaiting_since
         return self._timeout if since is None else since + self._timeout - time.monotonic()
 
-    def _on_event(self, event: Any) -> None:
+    def _on_event(self, event: dict[str, Any] | CartesiaTtsError) -> None:
         """In the reader: audio to the sink at once, the end or a failure to `play()`."""
         if self._cancelled or self._over.is_set():
             return
@@ -214,13 +224,20 @@ class CartesiaTurn:
         self._awaiting_since = time.monotonic() if self._ended else None
         if isinstance(event, CartesiaTtsError):
             self._fail(event)
-        elif event.type == "error":
+            return
+        kind = event.get("type")
+        if kind == "error":
             self._fail(_error(event))
-        else:
-            if event.type == "chunk" and event.audio:
-                self._deliver(event.audio)
-            if event.type == "done" or (event.type == "chunk" and event.done):
-                self._over.set()
+            return
+        if kind == "chunk" and (data := event.get("data")):
+            try:
+                audio = base64.b64decode(data, validate=True)
+            except (binascii.Error, TypeError):
+                self._fail(CartesiaTtsError("Cartesia sent audio that is not base64"))
+                return
+            self._deliver(audio)
+        if kind == "done" or (kind == "chunk" and event.get("done")):
+            self._over.set()
 
     def _deliver(self, audio: bytes) -> None:
         """To the sink, or kept for it; a sink that raises fails this turn only, never the
@@ -262,10 +279,11 @@ class CartesiaTurn:
             self._fail(failure)
 
 
-def _error(event: Any) -> CartesiaTtsError:
-    status = getattr(event, "status_code", None)
-    text = f"Cartesia error {status}: {event.title or ''} {event.message or ''}".strip()
-    return CartesiaTtsError(text, status)
+def _error(event: dict[str, Any]) -> CartesiaTtsError:
+    status = event.get("status_code")
+    status = status if isinstance(status, int) else None
+    title, message = event.get("title") or "", event.get("message") or ""
+    return CartesiaTtsError(f"Cartesia error {status}: {title} {message}".strip(), status)
 
 
 @functools.lru_cache(maxsize=4)

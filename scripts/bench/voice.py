@@ -1583,6 +1583,7 @@ def _category(path: str) -> str:
 
 ACCOUNT_LABELS = {  # greenlets by the function they run
     "web.voice.read_ticker.ReadTicker._run_pump": "frame pump: read, parse, reorder, hand to STT",
+    "pump rounds at checkpoints": "frame pump, its rounds at other greenlets' checkpoints",
     "shared.voice.call_loop.CallLoop._run_reply": "replies: LLM stream, sentences, TTS push",
     "shared.providers.stt.deepgram.DeepgramStream._send_loop": "caller audio -> Deepgram",
     "shared.providers.tts.cartesia._Connection._read": "TTS audio in (Cartesia reader)",

@@ -21,6 +21,14 @@ Two ways to be served, per socket:
   (the slow path: the start of the stream, control frames, closing). A reader that blocks
   (a write lock, say) holds up only its own call.
 
+- `TickerSelector`: a `selectors` selector on the ticker, for the provider sockets. The
+  Deepgram and Cartesia SDKs talk over websockets' sync client, whose reader thread (a
+  greenlet here) waits for every message in a `selectors.DefaultSelector().select()`:
+  gevent's emulation starts and stops a libev watcher and passes an Event per select. A
+  message cost ~180 µs of CPU, ~145 µs with this selector (100 connections, a message
+  each every 50 ms: scripts/bench/provider_read.py), ~650 messages a second at 100 calls.
+  `wait_provider_sockets(ticker)` has websockets' sync connections use it.
+
 gevent has no public API for this (its watchers are per socket), hence the hand-made part:
 the unpatched `select.epoll` (gevent's monkey-patching hides it) and gevent's `Waiter`, its
 documented low-level hand-off from the hub to one greenlet.
@@ -31,13 +39,16 @@ from __future__ import annotations
 import contextlib
 import logging
 import select
+import selectors
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping
+from types import MappingProxyType, ModuleType
+from typing import Any, Protocol
 
 import gevent
 from gevent import monkey
 from gevent.hub import Waiter
+from websockets.sync import connection as websockets_connection
 
 log = logging.getLogger(__name__)
 TICK_S = 0.002
@@ -53,6 +64,15 @@ def read_ticker(tick_s: float = TICK_S) -> ReadTicker | None:
     return ReadTicker(tick_s)
 
 
+class _Waiting(Protocol):
+    """A file whose waiter the tick wakes while it is readable."""
+
+    fileno: int
+
+    def ready(self, fileno: int) -> None:
+        """In the hub, at a tick that found the file readable."""
+
+
 class _Socket:
     """One socket's registration: its reader's waiter, and while it is pumped, its `read`
     and the waiter of the greenlet that handed it to the pump."""
@@ -66,6 +86,9 @@ class _Socket:
         self.handed_back = Waiter()
         self.forgotten = False
 
+    def ready(self, fileno: int) -> None:
+        self.waiter.switch(None)
+
 
 class ReadTicker:
     """Readiness for many sockets from one timer (one per voice process, on its hub)."""
@@ -76,7 +99,7 @@ class ReadTicker:
         self._pump_epoll = epoll()  # sockets the pump reads
         self._tick_s = tick_s
         self._sockets: dict[int, _Socket] = {}
-        self._waiting: dict[int, _Socket] = {}
+        self._waiting: dict[int, _Waiting] = {}
         self._pumped: dict[int, _Socket] = {}
         self._pump_wake = Waiter()
         self._pump: gevent.Greenlet | None = None
@@ -107,7 +130,8 @@ class ReadTicker:
         sock = self._sockets.get(fileno)
         if sock is None or sock.forgotten:
             return
-        if self._waiting.pop(fileno, None) is not None:
+        if self._waiting.get(fileno) is sock:
+            del self._waiting[fileno]
             _unregister(self._epoll, fileno)
         sock.read = read
         self._watch(sock, self._pump_epoll, self._pumped)
@@ -127,12 +151,28 @@ class ReadTicker:
             return
         sock.forgotten = True
         loop = gevent.get_hub().loop
-        if self._waiting.pop(fileno, None) is not None:
+        if self._waiting.get(fileno) is sock:
+            del self._waiting[fileno]
             _unregister(self._epoll, fileno)
             if sock.waiter.greenlet is not None:
                 loop.run_callback(sock.waiter.switch, None)
         if self._unpump(sock) and sock.handed_back.greenlet is not None:
             loop.run_callback(sock.handed_back.switch, None)
+        self._stop_if_idle()
+
+    def watch(self, entry: _Waiting) -> None:
+        """`entry.ready(fileno)` at each tick while its file is readable (TickerSelector)."""
+        self._watch(entry, self._epoll, self._waiting)
+
+    def unwatch(self, entry: _Waiting) -> None:
+        """No more ticks for `entry` (its file may be closed already: the number may now be
+        another socket's, which stays)."""
+        if self._waiting.get(entry.fileno) is entry:
+            del self._waiting[entry.fileno]
+            _unregister(self._epoll, entry.fileno)
+        self._stop_if_idle()
+
+    def _stop_if_idle(self) -> None:
         if not self._waiting and not self._pumped and self._timer is not None:
             self._timer.stop()
 
@@ -140,7 +180,7 @@ class ReadTicker:
     def watched(self) -> int:
         return len(self._waiting) + len(self._pumped)
 
-    def _watch(self, sock: _Socket, epoll: Any, into: dict[int, _Socket]) -> None:
+    def _watch(self, sock: Any, epoll: Any, into: dict[int, Any]) -> None:
         try:
             epoll.register(sock.fileno, select.EPOLLIN)
         except FileExistsError:  # a socket that was never forgotten, its number reused
@@ -167,7 +207,7 @@ class ReadTicker:
             for fileno, _ in self._epoll.poll(0):
                 sock = waiting.get(fileno)  # a reader switched to just now may have closed
                 if sock is not None:
-                    sock.waiter.switch(None)
+                    sock.ready(fileno)
         if self._pumped and self._pump_wake.greenlet is not None:
             self._pump_wake.switch(None)
 
@@ -209,3 +249,99 @@ class ReadTicker:
 def _unregister(epoll: Any, fileno: int) -> None:
     with contextlib.suppress(OSError, ValueError):
         epoll.unregister(fileno)
+
+
+class TickerSelector(selectors.BaseSelector):
+    """A selector whose `select()` waits on the read ticker (see the module docstring): for
+    reading only, and for the greenlets of one gevent hub (the ticker's)."""
+
+    def __init__(self, ticker: ReadTicker) -> None:
+        self._ticker = ticker
+        self._keys: dict[int, selectors.SelectorKey] = {}
+        self._watched: dict[int, _Watched] = {}
+        self._ready: set[int] = set()  # files a tick found readable since the last select
+        self._waiter = Waiter()
+
+    def register(self, fileobj: Any, events: int, data: Any = None) -> selectors.SelectorKey:
+        if events != selectors.EVENT_READ:
+            raise ValueError(f"TickerSelector waits for reading only, not events {events}")
+        fileno = _fileno(fileobj)
+        if fileno in self._keys:
+            raise KeyError(f"{fileobj!r} (fd {fileno}) is already registered")
+        key = self._keys[fileno] = selectors.SelectorKey(fileobj, fileno, events, data)
+        watched = self._watched[fileno] = _Watched(fileno, self)
+        self._ticker.watch(watched)
+        return key
+
+    def unregister(self, fileobj: Any) -> selectors.SelectorKey:
+        fileno = _fileno(fileobj)
+        key = self._keys.pop(fileno)  # KeyError when not registered, as the contract says
+        self._ticker.unwatch(self._watched.pop(fileno))
+        self._ready.discard(fileno)
+        return key
+
+    def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
+        if self._ready:
+            pass
+        elif timeout is None:
+            self._waiter.get()
+        elif timeout > 0:
+            with gevent.Timeout(timeout, False):
+                self._waiter.get()
+        self._waiter.clear()
+        ready, self._ready = self._ready, set()
+        return [(self._keys[f], selectors.EVENT_READ) for f in ready if f in self._keys]
+
+    def close(self) -> None:
+        for fileno in list(self._keys):
+            self.unregister(fileno)
+
+    def get_map(self) -> Mapping[Any, selectors.SelectorKey]:
+        return MappingProxyType(self._keys)
+
+    def _wake(self, fileno: int) -> None:
+        """In the hub, from a tick: the file is readable."""
+        self._ready.add(fileno)
+        self._waiter.switch(None)  # into select() if it waits, else kept for the next one
+
+
+class _Watched:
+    """One file of a TickerSelector, in the ticker's waiting set."""
+
+    __slots__ = ("fileno", "selector")
+
+    def __init__(self, fileno: int, selector: TickerSelector) -> None:
+        self.fileno = fileno
+        self.selector = selector
+
+    def ready(self, fileno: int) -> None:
+        self.selector._wake(fileno)
+
+
+def _fileno(fileobj: Any) -> int:
+    fileno = fileobj if isinstance(fileobj, int) else fileobj.fileno()
+    if not isinstance(fileno, int) or fileno < 0:
+        raise ValueError(f"invalid file descriptor: {fileobj!r}")
+    return fileno
+
+
+class _SelectorsFor(ModuleType):
+    """The `selectors` module as websockets' sync connections see it: the stdlib's, with
+    the read ticker's selector as the default."""
+
+    def __init__(self, ticker: ReadTicker) -> None:
+        super().__init__("selectors")
+        self._ticker = ticker
+
+    def DefaultSelector(self) -> TickerSelector:
+        return TickerSelector(self._ticker)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(selectors, name)
+
+
+def wait_provider_sockets(ticker: ReadTicker) -> None:
+    """From now on, websockets' sync connections (the provider SDKs' sockets) wait for data
+    on `ticker`. websockets offers no option for this: its connection module's reference to
+    `selectors`, which gevent's patching has already made gevent's, is replaced."""
+    websockets_connection.selectors = _SelectorsFor(ticker)  # type: ignore[attr-defined]

@@ -26,7 +26,7 @@ from shared.services.call_context import CallStart
 from shared.voice.call_loop import LoopConfig
 from shared.voice.recorder import TurnWriter
 from shared.voice.stages import CallProviders
-from web.voice.read_ticker import ReadTicker, read_ticker
+from web.voice.read_ticker import ReadTicker, read_ticker, wait_provider_sockets
 
 log = logging.getLogger(__name__)
 
@@ -144,12 +144,14 @@ class VoiceRuntime:
         self.turns = TurnWriter(self.sessions)
 
     def read_ticker(self) -> ReadTicker | None:
-        """The process's media-read ticker, made on first use: in the worker, on its hub
-        (None where there is no epoll)."""
+        """The process's read ticker, made on first use: in the worker, on its hub (None
+        where there is no epoll). The calls' media sockets and, from then on, their
+        provider sockets wait on it."""
         if self._ticker is None:
             self._ticker = read_ticker()
             if self._ticker is not None:
                 realtime.register(self._ticker.catch_up)
+                wait_provider_sockets(self._ticker)
         return self._ticker
 
     def call_providers(self) -> CallProviders:

@@ -1,0 +1,121 @@
+"""Micro-benchmark: CPU per message a provider socket costs the voice process to receive,
+with websockets' sync client (the Deepgram and Cartesia SDKs' transport) waiting in gevent's
+selector or in the read ticker's (`web/voice/read_ticker.py`, `wait_provider_sockets`).
+
+    .venv/bin/python -m scripts.bench.provider_read [--connections 100] [--seconds 8]
+                                                    [--rounds 3]
+
+This process opens `connections` websockets (`websockets.sync.client.connect`, as the SDKs
+do) and reads each in a greenlet of its own (`recv()`, as our Deepgram and Cartesia readers
+do). A server process (plain threads, its CPU not counted) sends every connection a
+1,400-byte binary message (a 100 ms Cartesia chunk of base64 μ-law is ~1.1 kB) every 50 ms.
+Printed per run: this process's CPU per message received; runs alternate.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from gevent import monkey
+
+if "--serve" not in sys.argv:  # the server runs on plain threads
+    monkey.patch_all()
+
+import argparse
+import os
+import selectors
+import subprocess
+import time
+
+import gevent
+
+MESSAGE = os.urandom(1400)
+INTERVAL_S = 0.05
+MODES = ("gevent's selector", "read ticker")
+
+
+def _serve(seconds: float) -> None:
+    from websockets.sync.server import ServerConnection, serve
+
+    def handler(ws: ServerConnection) -> None:
+        deadline = due = time.monotonic()
+        deadline += seconds
+        while due < deadline:
+            due += INTERVAL_S
+            time.sleep(max(0.0, due - time.monotonic()))
+            ws.send(MESSAGE)
+
+    with serve(handler, "127.0.0.1", 0, compression=None) as server:
+        print(server.socket.getsockname()[1], flush=True)
+        server.serve_forever()
+
+
+def _run(connections: int, seconds: float, mode: str) -> float:
+    """µs of this process's CPU per message received, over the middle of the run."""
+    from websockets.sync import connection as websockets_connection
+    from websockets.sync.client import connect
+
+    from web.voice.read_ticker import read_ticker, wait_provider_sockets
+
+    websockets_connection.selectors = selectors  # type: ignore[attr-defined]  # gevent's
+    if mode == "read ticker":
+        ticker = read_ticker()
+        assert ticker is not None, "no epoll here"
+        wait_provider_sockets(ticker)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "scripts.bench.provider_read", "--serve", str(seconds + 4)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert server.stdout is not None
+    port = int(server.stdout.readline())
+    received = [0]
+
+    def read() -> None:
+        ws = connect(f"ws://127.0.0.1:{port}", compression=None, legacy=True)
+        try:
+            while True:
+                ws.recv()
+                received[0] += 1
+        except Exception:  # the server ended the connection: done
+            return
+        finally:
+            ws.close()
+
+    readers = [gevent.spawn(read) for _ in range(connections)]
+    gevent.sleep(2)  # every connection open and receiving
+    messages, cpu = received[0], time.process_time()
+    gevent.sleep(seconds)
+    messages, cpu = received[0] - messages, time.process_time() - cpu
+    server.kill()
+    server.wait(10)
+    gevent.joinall(readers, timeout=10)
+    return 1e6 * cpu / max(1, messages)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--connections", type=int, default=100)
+    parser.add_argument("--seconds", type=float, default=8.0)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--serve", type=float, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve is not None:
+        _serve(args.serve)
+        return
+    runs: dict[str, list[float]] = {mode: [] for mode in MODES}
+    for _ in range(args.rounds):
+        for mode in MODES:
+            runs[mode].append(_run(args.connections, args.seconds, mode))
+    means = {mode: sum(values) / len(values) for mode, values in runs.items()}
+    print(
+        f"{args.connections} connections, a message each every {INTERVAL_S * 1000:.0f} ms, "
+        f"µs of CPU per message received:"
+    )
+    for mode, values in runs.items():
+        print(f"  {mode}: {', '.join(f'{us:.1f}' for us in values)} (mean {means[mode]:.1f})")
+    print(f"  read ticker / gevent's selector: {means['read ticker'] / means[MODES[0]]:.2f}")
+
+
+if __name__ == "__main__":
+    main()

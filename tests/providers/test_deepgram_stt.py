@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import socket
 import textwrap
@@ -14,7 +16,7 @@ import pytest
 from scripts.fakes.deepgram_live import DeepgramLiveFake, Utterance
 from shared.config import load_settings
 from shared.providers.stt.base import SttEvent, SttEventKind
-from shared.providers.stt.deepgram import DeepgramStreamError, DeepgramStt
+from shared.providers.stt.deepgram import DeepgramStream, DeepgramStreamError, DeepgramStt
 from shared.resilience import ProviderUnavailable, guard
 from tests.conftest import run_fresh
 
@@ -351,3 +353,57 @@ def test_once_the_turn_has_ended_the_quiet_line_goes_in_200_ms_messages(
     # Not 25 messages of 40 ms: the hang-over ended with the turn.
     assert len(after) <= 6
     assert all(size == 10 * FRAME for size in after[:-1])
+
+
+class ScriptedSocket:
+    """The SDK's socket client, reduced to what DeepgramStream uses: its websocket (here
+    the messages Deepgram sends, then the end of the stream) and the sends."""
+
+    def __init__(self, messages: list[str | bytes]) -> None:
+        self._websocket = messages
+
+    def send_media(self, message: bytes) -> None:
+        """Audio goes nowhere."""
+
+    def send_keep_alive(self) -> None:
+        """Nothing to keep alive."""
+
+    def send_close_stream(self) -> None:
+        """Nothing to close."""
+
+
+def test_malformed_messages_are_skipped_and_the_stream_goes_on() -> None:
+    final = {
+        "type": "Results",
+        "is_final": True,
+        "speech_final": True,
+        "start": 1.0,
+        "duration": 0.5,
+        "channel": {"alternatives": [{"transcript": " Hello there. ", "words": [{"end": "?"}]}]},
+    }
+    messages: list[str | bytes] = [
+        "not JSON",
+        "[1, 2]",
+        '{"type": "Results"}',  # no channel, not final
+        '{"type": "Results", "is_final": true, "channel": {"alternatives": "?"}}',
+        '{"type": "UtteranceEnd"}',  # no turn open: nothing to end
+        b"\x00\x01",  # binary: nothing for us
+        json.dumps(final),
+    ]
+    events, errors, failed = Events(), [], threading.Event()
+    DeepgramStream(
+        (contextlib.nullcontext(), ScriptedSocket(messages)),  # type: ignore[arg-type]
+        events,
+        lambda exc: (errors.append(exc), failed.set()),
+        keepalive_s=60,
+    )
+    assert failed.wait(3)  # the scripted messages ran out: Deepgram "closed the stream"
+    (error,) = errors
+    assert "closed the stream" in str(error)
+    kinds = [(e.kind, e.text) for e in events.items]
+    # Every malformed message was skipped; the good one made a turn, its end time from
+    # start + duration since its last word's `end` is not a number.
+    assert kinds == [
+        (SttEventKind.FINAL, "Hello there."),
+        (SttEventKind.END_OF_TURN, "Hello there."),
+    ]

@@ -299,7 +299,9 @@ def _error(event: dict[str, Any]) -> CartesiaTtsError:
 def sdk_client(api_key: str, base_url: str) -> Cartesia:
     """One SDK client per process, shared by the calls: building one costs ~45 ms of CPU
     (its HTTP side's TLS context), which under gevent stalled every call in the process."""
-    client = Cartesia(api_key=api_key, base_url=base_url, websocket_base_url=websocket_url(base_url))
+    client = Cartesia(
+        api_key=api_key, base_url=base_url, websocket_base_url=websocket_url(base_url)
+    )
     # The SDK imports its TTS modules on first use: at start-up, not in a call.
     _ = client.tts
     return client

@@ -38,11 +38,11 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
 
-import orjson
 from deepgram import DeepgramClient
 from deepgram.environment import DeepgramClientEnvironment
 
 from shared.background import start_worker
+from shared.providers.messages import json_object
 from shared.providers.stt.base import SttEvent, SttEventKind
 from shared.realtime import checkpoint
 from shared.resilience import ProviderUnavailable, guard
@@ -209,12 +209,8 @@ class DeepgramStream:
             self._fail(exc)
 
     def _handle(self, raw: str) -> None:
-        try:
-            message = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            message = None
-        if not isinstance(message, dict):
-            log.warning("Deepgram sent a message that is not a JSON object; ignored")
+        message = json_object(raw, "Deepgram")
+        if message is None:
             return
         kind = message.get("type")
         if kind == "Results":

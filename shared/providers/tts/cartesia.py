@@ -31,13 +31,13 @@ import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 
-import orjson
 from cartesia import Cartesia
 from cartesia.types.generation_request import GenerationRequest
 from cartesia.types.websocket_client_event import CancelContextRequest
 from websockets.exceptions import ConnectionClosed
 
 from shared.background import start_worker
+from shared.providers.messages import json_object
 from shared.providers.tls import client_context
 from shared.realtime import checkpoint
 from shared.resilience import ProviderUnavailable, guard
@@ -103,12 +103,8 @@ class _Connection:
                 # Decoded here, not by the SDK's `parse_event`: its model of every audio
                 # chunk is built in pure Python (22 µs a chunk with `.audio`, against 7 µs
                 # for orjson and base64; ~800 chunks a second at 120 calls).
-                try:
-                    event = orjson.loads(raw)
-                except orjson.JSONDecodeError:
-                    event = None
-                if not isinstance(event, dict):
-                    log.warning("Cartesia sent a message that is not a JSON object; ignored")
+                event = json_object(raw, "Cartesia")
+                if event is None:
                     continue
                 self._route(event)
                 checkpoint()

@@ -74,6 +74,7 @@ MODES = ("own watcher", "read ticker", "pump")
 
 def _run(sockets: int, seconds: float, mode: str) -> float:
     """µs of this process's CPU per frame read, over the middle of the feed."""
+    from scripts.bench.readers import cpu_us_per_message, read_until_closed
     from tests.shared.socket_doubles import Upgraded
     from web.voice.media_socket import MediaSocket
     from web.voice.read_ticker import read_ticker
@@ -93,28 +94,23 @@ def _run(sockets: int, seconds: float, mode: str) -> float:
 
     def read(conn: socket.socket) -> None:
         media = MediaSocket(Upgraded(conn), max_message_bytes=65536, ping_s=60, ticker=ticker)
-        try:
-            while True:
-                if mode == "pump":
-                    media.pump(count)  # returns at the end of the stream
-                media.receive()
-                received[0] += 1
-        except Exception:  # the feeder closed the socket: done
-            return
-        finally:
-            media.close()
+
+        def receive() -> bytes | None:
+            if mode == "pump":
+                media.pump(count)  # returns at the end of the stream
+            return media.receive()
+
+        read_until_closed(receive, media.close, received)
 
     readers = [gevent.spawn(read, listener.accept()[0]) for _ in range(sockets)]
     assert feeder.stdout is not None
     feeder.stdout.readline()  # "ready": every frame is built
-    gevent.sleep(seconds * 0.2)  # the first fifth: connections settle
-    frames, cpu = received[0], time.process_time()
-    gevent.sleep(seconds * 0.6)
-    frames, cpu = received[0] - frames, time.process_time() - cpu
+    # The first fifth: connections settle; then the middle three fifths.
+    us = cpu_us_per_message(received, seconds * 0.2, seconds * 0.6)
     gevent.joinall(readers, timeout=seconds + 10)
     feeder.wait(10)
     listener.close()
-    return 1e6 * cpu / max(1, frames)
+    return us
 
 
 def main() -> None:

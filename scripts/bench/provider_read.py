@@ -55,6 +55,7 @@ def _run(connections: int, seconds: float, mode: str) -> float:
     from websockets.sync import connection as websockets_connection
     from websockets.sync.client import connect
 
+    from scripts.bench.readers import cpu_us_per_message, read_until_closed
     from web.voice.read_ticker import read_ticker, wait_provider_sockets
 
     websockets_connection.selectors = selectors  # type: ignore[attr-defined]  # gevent's
@@ -73,24 +74,14 @@ def _run(connections: int, seconds: float, mode: str) -> float:
 
     def read() -> None:
         ws = connect(f"ws://127.0.0.1:{port}", compression=None, legacy=True)
-        try:
-            while True:
-                ws.recv()
-                received[0] += 1
-        except Exception:  # the server ended the connection: done
-            return
-        finally:
-            ws.close()
+        read_until_closed(ws.recv, ws.close, received)
 
     readers = [gevent.spawn(read) for _ in range(connections)]
-    gevent.sleep(2)  # every connection open and receiving
-    messages, cpu = received[0], time.process_time()
-    gevent.sleep(seconds)
-    messages, cpu = received[0] - messages, time.process_time() - cpu
+    us = cpu_us_per_message(received, 2, seconds)  # after every connection is open
     server.kill()
     server.wait(10)
     gevent.joinall(readers, timeout=10)
-    return 1e6 * cpu / max(1, messages)
+    return us
 
 
 def main() -> None:

@@ -21,13 +21,13 @@ from gevent import monkey
 if "--serve" not in sys.argv:  # the server runs on plain threads
     monkey.patch_all()
 
-import argparse
 import os
 import selectors
-import subprocess
 import time
 
 import gevent
+
+from scripts.bench.readers import compare
 
 MESSAGE = os.urandom(1400)
 INTERVAL_S = 0.05
@@ -55,7 +55,7 @@ def _run(connections: int, seconds: float, mode: str) -> float:
     from websockets.sync import connection as websockets_connection
     from websockets.sync.client import connect
 
-    from scripts.bench.readers import cpu_us_per_message, read_until_closed
+    from scripts.bench.readers import cpu_us_per_message, read_until_closed, server_port
     from web.voice.read_ticker import read_ticker, wait_provider_sockets
 
     websockets_connection.selectors = selectors  # type: ignore[attr-defined]  # gevent's
@@ -63,13 +63,7 @@ def _run(connections: int, seconds: float, mode: str) -> float:
         ticker = read_ticker()
         assert ticker is not None, "no epoll here"
         wait_provider_sockets(ticker)
-    server = subprocess.Popen(
-        [sys.executable, "-m", "scripts.bench.provider_read", "--serve", str(seconds + 4)],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert server.stdout is not None
-    port = int(server.stdout.readline())
+    server, port = server_port("scripts.bench.provider_read", seconds + 4)
     received = [0]
 
     def read() -> None:
@@ -84,29 +78,12 @@ def _run(connections: int, seconds: float, mode: str) -> float:
     return us
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--connections", type=int, default=100)
-    parser.add_argument("--seconds", type=float, default=8.0)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--serve", type=float, help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.serve is not None:
-        _serve(args.serve)
-        return
-    runs: dict[str, list[float]] = {mode: [] for mode in MODES}
-    for _ in range(args.rounds):
-        for mode in MODES:
-            runs[mode].append(_run(args.connections, args.seconds, mode))
-    means = {mode: sum(values) / len(values) for mode, values in runs.items()}
-    print(
-        f"{args.connections} connections, a message each every {INTERVAL_S * 1000:.0f} ms, "
-        f"µs of CPU per message received:"
-    )
-    for mode, values in runs.items():
-        print(f"  {mode}: {', '.join(f'{us:.1f}' for us in values)} (mean {means[mode]:.1f})")
-    print(f"  read ticker / gevent's selector: {means['read ticker'] / means[MODES[0]]:.2f}")
-
-
 if __name__ == "__main__":
-    main()
+    if "--serve" in sys.argv:
+        _serve(float(sys.argv[-1]))
+    else:
+        compare(
+            MODES,
+            _run,
+            f"a message each every {INTERVAL_S * 1000:.0f} ms, µs of CPU per message received",
+        )

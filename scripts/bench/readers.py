@@ -1,10 +1,14 @@
-"""What the read micro-benchmarks (`media_read`, `provider_read`) share: one greenlet per
-connection counting what it receives, and this process's CPU per message over a window."""
+"""What the socket micro-benchmarks (`media_read`, `provider_read`, `provider_send`) share:
+one greenlet per connection counting what it receives, this process's CPU per message over
+a window, the websockets server in a process of its own, and alternating runs per mode."""
 
 from __future__ import annotations
 
+import argparse
+import subprocess
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import gevent
 
@@ -30,3 +34,33 @@ def cpu_us_per_message(received: list[int], settle_s: float, window_s: float) ->
     gevent.sleep(window_s)
     messages, cpu = received[0] - messages, time.process_time() - cpu
     return 1e6 * cpu / max(1, messages)
+
+
+def server_port(module: str, seconds: float) -> tuple[subprocess.Popen[str], int]:
+    """`python -m module --serve seconds` (its CPU not this process's) and the port it
+    printed."""
+    server = subprocess.Popen(
+        [sys.executable, "-m", module, "--serve", str(seconds)], stdout=subprocess.PIPE, text=True
+    )
+    assert server.stdout is not None
+    return server, int(server.stdout.readline())
+
+
+def compare(modes: Sequence[str], run: Callable[[int, float, str], float], what: str) -> None:
+    """Alternate `run(connections, seconds, mode)` over `modes` for `--rounds` rounds (the
+    VM's speed drifts) and print each mode's figures, their mean and the last mode's ratio
+    to the first."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--connections", type=int, default=100)
+    parser.add_argument("--seconds", type=float, default=8.0)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    runs: dict[str, list[float]] = {mode: [] for mode in modes}
+    for _ in range(args.rounds):
+        for mode in modes:
+            runs[mode].append(run(args.connections, args.seconds, mode))
+    means = {mode: sum(values) / len(values) for mode, values in runs.items()}
+    print(f"{args.connections} connections, {what}:")
+    for mode, values in runs.items():
+        print(f"  {mode}: {', '.join(f'{us:.1f}' for us in values)} (mean {means[mode]:.1f})")
+    print(f"  {modes[-1]} / {modes[0]}: {means[modes[-1]] / means[modes[0]]:.2f}")

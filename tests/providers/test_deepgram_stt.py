@@ -407,3 +407,34 @@ def test_malformed_messages_are_skipped_and_the_stream_goes_on() -> None:
         (SttEventKind.FINAL, "Hello there."),
         (SttEventKind.END_OF_TURN, "Hello there."),
     ]
+
+
+def test_send_binary_frames_whole_messages_and_refuses_a_closed_connection() -> None:
+    from websockets.exceptions import ConnectionClosed
+    from websockets.sync.client import connect
+    from websockets.sync.server import ServerConnection, serve
+
+    from shared.providers.messages import send_binary
+
+    received: list[bytes | str] = []
+
+    def handler(ws: ServerConnection) -> None:
+        received.extend(ws)
+
+    with serve(handler, "127.0.0.1", 0, compression=None) as server:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        port = server.socket.getsockname()[1]
+        with connect(f"ws://127.0.0.1:{port}", compression=None) as ws:
+            messages = [
+                bytes([n]) * (100 + 1000 * n) for n in range(70)
+            ]  # 2-byte and 8-byte lengths
+            for message in messages:
+                send_binary(ws, message)
+            ws.ping().wait(5)  # the reader's pong goes through the same lock
+            send_binary(ws, b"last")
+        with pytest.raises(ConnectionClosed):
+            send_binary(ws, b"after close")
+        deadline = time.monotonic() + 5
+        while len(received) < len(messages) + 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+    assert received == [*messages, b"last"]

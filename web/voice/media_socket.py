@@ -46,6 +46,7 @@ from websockets.server import ServerProtocol
 from websockets.speedups import apply_mask  # C; websockets builds it on every platform we use
 
 from shared.background import start_worker
+from shared.providers.messages import send_all
 from web.voice.read_ticker import ReadTicker
 
 RECV_BYTES = 65536
@@ -336,16 +337,11 @@ class MediaSocket:
 
     def _sendall(self, out: list[bytes], *, quiet: bool) -> None:
         """`quiet`: a gone peer is not an error here (the reader sees it on its next recv)."""
-        if data := b"".join(out):
-            try:
-                # send() first: gevent's sendall() asks the kernel for the buffer size
-                # (a getsockopt) on every call; a media message nearly always fits at once.
-                sent = self._sock.send(data)
-                if sent < len(data):
-                    self._sock.sendall(data[sent:])
-            except OSError:
-                if not quiet:
-                    raise
+        try:
+            send_all(self._sock, b"".join(out))
+        except OSError:
+            if not quiet:
+                raise
 
 
 def _readiness_wait(sock: Any) -> Callable[[], None] | None:

@@ -1,13 +1,15 @@
 """Micro-benchmark: CPU per message a provider socket costs the voice process to receive,
 with websockets' sync client (the Deepgram and Cartesia SDKs' transport) waiting in gevent's
-selector or in the read ticker's (`web/voice/read_ticker.py`, `wait_provider_sockets`).
+selector or in the read ticker's (`web/voice/read_ticker.py`, `wait_provider_sockets`), and
+each message handed from websockets' reader to a `recv()` in another greenlet or handled in
+the reader itself (`shared/providers/messages.py`, `deliver_messages`).
 
     .venv/bin/python -m scripts.bench.provider_read [--connections 100] [--seconds 8]
                                                     [--rounds 3]
 
 This process opens `connections` websockets (`websockets.sync.client.connect`, as the SDKs
 do) and reads each in a greenlet of its own (`recv()`, as our Deepgram and Cartesia readers
-do). A server process (plain threads, its CPU not counted) sends every connection a
+did), or counts its messages in websockets' reader (as they do now). A server process (plain threads, its CPU not counted) sends every connection a
 1,400-byte binary message (a 100 ms Cartesia chunk of base64 μ-law is ~1.1 kB) every 50 ms.
 Printed per run: this process's CPU per message received; runs alternate.
 """
@@ -26,12 +28,13 @@ import selectors
 import time
 
 import gevent
+from gevent.event import Event
 
 from scripts.bench.readers import compare
 
 MESSAGE = os.urandom(1400)
 INTERVAL_S = 0.05
-MODES = ("gevent's selector", "read ticker")
+MODES = ("gevent's selector", "read ticker", "read ticker, handled in the reader")
 
 
 def _serve(seconds: float) -> None:
@@ -56,10 +59,11 @@ def _run(connections: int, seconds: float, mode: str) -> float:
     from websockets.sync.client import connect
 
     from scripts.bench.readers import cpu_us_per_message, read_until_closed, server_port
+    from shared.providers.messages import deliver_messages
     from web.voice.read_ticker import read_ticker, wait_provider_sockets
 
     websockets_connection.selectors = selectors  # type: ignore[attr-defined]  # gevent's
-    if mode == "read ticker":
+    if mode != MODES[0]:
         ticker = read_ticker()
         assert ticker is not None, "no epoll here"
         wait_provider_sockets(ticker)
@@ -68,7 +72,16 @@ def _run(connections: int, seconds: float, mode: str) -> float:
 
     def read() -> None:
         ws = connect(f"ws://127.0.0.1:{port}", compression=None, legacy=True)
-        read_until_closed(ws.recv, ws.close, received)
+        if mode != MODES[2]:
+            read_until_closed(ws.recv, ws.close, received)
+            return
+        ended = Event()
+        deliver_messages(ws, lambda data, text: count(), lambda reason: ended.set())
+        ended.wait()
+        ws.close()
+
+    def count() -> None:
+        received[0] += 1
 
     readers = [gevent.spawn(read) for _ in range(connections)]
     us = cpu_us_per_message(received, 2, seconds)  # after every connection is open

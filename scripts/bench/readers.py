@@ -48,8 +48,8 @@ def server_port(module: str, seconds: float) -> tuple[subprocess.Popen[str], int
 
 def compare(modes: Sequence[str], run: Callable[[int, float, str], float], what: str) -> None:
     """Alternate `run(connections, seconds, mode)` over `modes` for `--rounds` rounds (the
-    VM's speed drifts) and print each mode's figures, their mean and the last mode's ratio
-    to the first."""
+    VM's speed drifts) and print each mode's figures, their mean and the ratio of each
+    mode's to the first's."""
     parser = argparse.ArgumentParser()
     parser.add_argument("--connections", type=int, default=100)
     parser.add_argument("--seconds", type=float, default=8.0)
@@ -63,4 +63,5 @@ def compare(modes: Sequence[str], run: Callable[[int, float, str], float], what:
     print(f"{args.connections} connections, {what}:")
     for mode, values in runs.items():
         print(f"  {mode}: {', '.join(f'{us:.1f}' for us in values)} (mean {means[mode]:.1f})")
-    print(f"  {modes[-1]} / {modes[0]}: {means[modes[-1]] / means[modes[0]]:.2f}")
+    for mode in modes[1:]:
+        print(f"  {mode} / {modes[0]}: {means[mode] / means[modes[0]]:.2f}")

@@ -1,18 +1,26 @@
 """The providers' websocket messages, handled below the SDKs' per-message layers where
 those cost the voice process most: JSON decoded with orjson where the SDKs would build a
-pure-Python model of each message (Deepgram's results, Cartesia's audio), and Deepgram's
-audio framed by websockets' protocol and written to the socket without the connection's
-per-message context."""
+pure-Python model of each message (Deepgram's results, Cartesia's audio), each message
+handled in websockets' own reader (`deliver_messages`), and Deepgram's audio framed by
+websockets' protocol and written without the connection's per-message context
+(`send_binary`)."""
 
 from __future__ import annotations
 
+import functools
 import logging
+import queue
+import threading
+from collections.abc import Callable
 from typing import Any
 
 import orjson
 from websockets.exceptions import ConnectionClosed
+from websockets.frames import Frame, Opcode
 from websockets.protocol import State
 from websockets.sync.connection import Connection
+
+from shared.background import start_worker
 
 log = logging.getLogger(__name__)
 
@@ -57,3 +65,113 @@ def send_all(sock: Any, data: bytes) -> None:
     fits at once."""
     if data and (sent := sock.send(data)) < len(data):
         sock.sendall(data[sent:])
+
+
+OnMessage = Callable[[bytes, bool], None]  # (the message, whether it is text)
+OnEnd = Callable[[BaseException], None]
+
+
+def deliver_messages(connection: Connection, on_message: OnMessage, on_end: OnEnd) -> None:
+    """From now on, hand each message of `connection` to `on_message` in websockets' own
+    reader (a thread; a greenlet under gevent), and call `on_end` once, in a worker of its
+    own, when the stream ends: with the connection's `ConnectionClosed`, or with what
+    `on_message` raised (nothing more is delivered then; ending the connection is the
+    caller's).
+
+    Why: websockets' sync connection queues each message in its `Assembler` for a
+    `recv()` in another thread, so under gevent every provider message cost two greenlet
+    runs and a queue hand-off: 128 against 106 µs of CPU a message, mean of three runs of
+    `scripts/bench/provider_read.py` (~700 messages a second at 100 calls). websockets has
+    no option for it; the connection takes each message through its `recv_messages`
+    attribute (`put` per frame, `close` at the end), which this replaces.
+
+    Call it before anything is sent on the connection (neither Deepgram nor Cartesia speaks
+    first): messages already queued are delivered first, and `recv()` is no longer
+    available."""
+    delivery = _Delivery(connection, on_message, on_end)
+    assembler = connection.recv_messages
+    assembler.mutex.acquire()  # websockets' reader queues each frame holding it
+    with delivery.order:  # frames put from now on wait for those queued before
+        try:
+            connection.recv_messages = delivery  # type: ignore[assignment]
+            queued, assembler.frames = assembler.frames, _Forward(delivery)  # type: ignore[assignment]
+            ended = assembler.closed
+        finally:
+            assembler.mutex.release()
+        for frame in _drain(queued):
+            delivery.deliver(frame)
+    if ended:
+        delivery.close()
+
+
+def _drain(frames: queue.SimpleQueue[Frame | None]) -> list[Frame]:
+    drained = []
+    try:
+        while True:
+            if (frame := frames.get(block=False)) is not None:
+                drained.append(frame)
+    except queue.Empty:
+        return drained
+
+
+class _Forward:
+    """The replaced assembler's queue: a reader thread that was already in its `put()`
+    (waiting for its lock) hands its frame on instead of leaving it there."""
+
+    def __init__(self, delivery: _Delivery) -> None:
+        self.put = delivery.put
+
+    def qsize(self) -> int:
+        return 0  # nothing is ever queued: the assembler never pauses the reader
+
+
+class _Delivery:
+    """What `deliver_messages` puts in place of the connection's assembler."""
+
+    def __init__(self, connection: Connection, on_message: OnMessage, on_end: OnEnd) -> None:
+        self._connection = connection
+        self._on_message = on_message
+        self._on_end = on_end
+        self._fragments: list[bytes] = []
+        self._text = False
+        self._ended = False
+        self._lock = threading.Lock()
+        self.order = threading.Lock()  # taken only while the frames queued before are handed on
+
+    def put(self, frame: Frame) -> None:
+        """A data frame (websockets' reader, holding no lock of the connection's)."""
+        with self.order:
+            self.deliver(frame)
+
+    def deliver(self, frame: Frame) -> None:
+        """(holding `order`)"""
+        if self._ended:
+            return
+        if frame.opcode is not Opcode.CONT:
+            self._text, self._fragments = frame.opcode is Opcode.TEXT, []
+        if not frame.fin:
+            self._fragments.append(bytes(frame.data))
+            return
+        message = b"".join([*self._fragments, frame.data]) if self._fragments else frame.data
+        self._fragments = []
+        try:
+            self._on_message(bytes(message), self._text)
+        except Exception as exc:
+            self._end(exc)
+
+    def close(self) -> None:
+        """The stream has ended (websockets calls this holding the connection's lock, so
+        `on_end`, which may close the connection, runs in a worker of its own)."""
+        self._end(self._connection.protocol.close_exc)
+
+    def get(self, *args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("this connection's messages go to a handler (deliver_messages)")
+
+    get_iter = get
+
+    def _end(self, reason: BaseException) -> None:
+        with self._lock:
+            if self._ended:
+                return
+            self._ended = True
+        start_worker(functools.partial(self._on_end, reason), "websocket-end")

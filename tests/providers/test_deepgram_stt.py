@@ -356,11 +356,27 @@ def test_once_the_turn_has_ended_the_quiet_line_goes_in_200_ms_messages(
 
 
 class ScriptedSocket:
-    """The SDK's socket client, reduced to what DeepgramStream uses: its websocket (here
-    the messages Deepgram sends, then the end of the stream) and the sends."""
+    """The SDK's socket client, reduced to what DeepgramStream uses: its websocket, here a
+    real one to a server that sends `messages` at once (before the stream takes the
+    connection's messages over) and then closes, and the sends."""
 
     def __init__(self, messages: list[str | bytes]) -> None:
-        self._websocket = messages
+        from websockets.sync.client import connect
+        from websockets.sync.server import ServerConnection, serve
+
+        def script(ws: ServerConnection) -> None:
+            for message in messages:
+                ws.send(message)
+            ws.close()
+
+        self._server = serve(script, "127.0.0.1", 0, compression=None)
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        port = self._server.socket.getsockname()[1]
+        self._websocket = connect(f"ws://127.0.0.1:{port}", compression=None, legacy=True)
+        time.sleep(0.2)  # everything has arrived: queued in websockets' assembler
+
+    def stop(self) -> None:
+        self._server.shutdown()
 
     def send_media(self, message: bytes) -> None:
         """Audio goes nowhere."""
@@ -391,13 +407,15 @@ def test_malformed_messages_are_skipped_and_the_stream_goes_on() -> None:
         json.dumps(final),
     ]
     events, errors, failed = Events(), [], threading.Event()
+    socket = ScriptedSocket(messages)
     DeepgramStream(
-        (contextlib.nullcontext(), ScriptedSocket(messages)),  # type: ignore[arg-type]
+        (contextlib.nullcontext(), socket),  # type: ignore[arg-type]
         events,
         lambda exc: (errors.append(exc), failed.set()),
         keepalive_s=60,
     )
     assert failed.wait(3)  # the scripted messages ran out: Deepgram "closed the stream"
+    socket.stop()
     (error,) = errors
     assert "closed the stream" in str(error)
     kinds = [(e.kind, e.text) for e in events.items]
@@ -407,34 +425,3 @@ def test_malformed_messages_are_skipped_and_the_stream_goes_on() -> None:
         (SttEventKind.FINAL, "Hello there."),
         (SttEventKind.END_OF_TURN, "Hello there."),
     ]
-
-
-def test_send_binary_frames_whole_messages_and_refuses_a_closed_connection() -> None:
-    from websockets.exceptions import ConnectionClosed
-    from websockets.sync.client import connect
-    from websockets.sync.server import ServerConnection, serve
-
-    from shared.providers.messages import send_binary
-
-    received: list[bytes | str] = []
-
-    def handler(ws: ServerConnection) -> None:
-        received.extend(ws)
-
-    with serve(handler, "127.0.0.1", 0, compression=None) as server:
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        port = server.socket.getsockname()[1]
-        with connect(f"ws://127.0.0.1:{port}", compression=None) as ws:
-            messages = [
-                bytes([n]) * (100 + 1000 * n) for n in range(70)
-            ]  # 2-byte and 8-byte lengths
-            for message in messages:
-                send_binary(ws, message)
-            ws.ping().wait(5)  # the reader's pong goes through the same lock
-            send_binary(ws, b"last")
-        with pytest.raises(ConnectionClosed):
-            send_binary(ws, b"after close")
-        deadline = time.monotonic() + 5
-        while len(received) < len(messages) + 1 and time.monotonic() < deadline:
-            time.sleep(0.01)
-    assert received == [*messages, b"last"]

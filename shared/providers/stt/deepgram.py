@@ -40,9 +40,10 @@ from typing import TYPE_CHECKING, Any
 
 from deepgram import DeepgramClient
 from deepgram.environment import DeepgramClientEnvironment
+from websockets.exceptions import ConnectionClosed
 
 from shared.background import start_worker
-from shared.providers.messages import json_object, send_binary
+from shared.providers.messages import deliver_messages, json_object, send_binary
 from shared.providers.stt.base import SttEvent, SttEventKind
 from shared.realtime import checkpoint
 from shared.resilience import ProviderUnavailable, guard
@@ -101,7 +102,7 @@ class DeepgramStream:
         self.failed: BaseException | None = None
         self._context, self._socket = connection
         # The SDK's websocket (websockets' sync connection): audio is written and results
-        # read on it directly, below the SDK's per-message layers (see `_receive_loop`,
+        # read on it directly, below the SDK's per-message layers (see `_on_message`,
         # shared/providers/messages.py).
         self._websocket = self._socket._websocket
         self._on_event = on_event
@@ -122,8 +123,9 @@ class DeepgramStream:
         self._turn_end_s = 0.0  # audio time of the turn's last word
         self._outbox: deque[bytes] = deque()  # messages for the sender worker
         self._outbox_ready = threading.Event()
+        self._ended = threading.Event()  # the stream has ended (see `_on_end`)
         self._keepalive = start_worker(self._keepalive_loop, "deepgram-keepalive")
-        self._receiver = start_worker(self._receive_loop, "deepgram-receiver")
+        deliver_messages(self._websocket, self._on_message, self._on_end)
         self._sender = start_worker(self._send_loop, "deepgram-sender")
 
     def send(self, pcmu: bytes) -> None:
@@ -156,8 +158,8 @@ class DeepgramStream:
         self._sender.join(CLOSE_WAIT_S)  # it sends what is queued, then ends
         if self.failed is None:
             self._send(self._socket.send_close_stream)
-        self._receiver.join(CLOSE_WAIT_S)
-        if self.failed is None and not self._receiver.is_alive():
+        self._ended.wait(CLOSE_WAIT_S)
+        if self.failed is None and self._ended.is_set():
             self._end_turn(self._turn_end_s)
         self._release()
 
@@ -196,22 +198,24 @@ class DeepgramStream:
                 self._send(self._socket.send_keep_alive)
 
     # -- receiving -------------------------------------------------------------------
-    def _receive_loop(self) -> None:
-        # The SDK's socket client builds a model of every message (`construct_type` over
-        # the union of message types: ~200-250 µs a Results message with ten words, one
-        # object per word) where orjson takes ~5 µs. It has no raw receive, so this reads
-        # its websocket, as the client's own `recv()` does before it builds the model.
-        try:
-            for raw in self._websocket:
-                if isinstance(raw, str):  # text: JSON; binary messages carry nothing here
-                    self._handle(raw)
-                    checkpoint()
-            if not self._closing:
-                raise DeepgramStreamError("Deepgram closed the stream")
-        except Exception as exc:
-            self._fail(exc)
+    def _on_message(self, raw: bytes, text: bool) -> None:
+        """Each message, in websockets' reader (`deliver_messages`). The SDK's socket client
+        would build a model of every message (`construct_type` over the union of message
+        types: ~200-250 µs a Results message with ten words, one object per word) where
+        orjson takes ~5 µs; it has no raw receive, so its websocket's messages come here."""
+        if text:  # JSON; binary messages carry nothing here
+            self._handle(raw)
+            checkpoint()
 
-    def _handle(self, raw: str) -> None:
+    def _on_end(self, reason: BaseException) -> None:
+        """The stream ended: a drop, Deepgram's close, ours, or what `_handle` raised."""
+        if isinstance(reason, ConnectionClosed) and not self._closing:
+            error = DeepgramStreamError(f"Deepgram closed the stream ({reason})")
+            error.__cause__, reason = reason, error
+        self._fail(reason)
+        self._ended.set()
+
+    def _handle(self, raw: bytes) -> None:
         message = json_object(raw, "Deepgram")
         if message is None:
             return

@@ -13,9 +13,9 @@ type transform in Python: ~220-250 µs an input here, against 11-18 µs, ~5 inpu
 Receiving does not use `WebSocketContext.receive()`, which makes whichever context is
 reading the router and blocks in `recv()`: a cancelled turn could not return until the
 server spoke again, and two turns reading at once would trip websockets' one-reader rule.
-Instead one reader (a greenlet under gevent) routes every event by `context_id` to its
-turn, which hands the audio to the turn's sink right there (no queue and no second
-greenlet per chunk); `play()` only waits for the turn's end.
+Instead websockets' own reader (a greenlet under gevent, `deliver_messages`) routes every
+event by `context_id` to its turn, which hands the audio to the turn's sink right there (no
+queue and no second greenlet per chunk); `play()` only waits for the turn's end.
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ from __future__ import annotations
 import base64
 import binascii
 import functools
-import itertools
 import logging
 import threading
 import time
@@ -35,9 +34,9 @@ from cartesia import Cartesia
 from cartesia.types.generation_request import GenerationRequest
 from cartesia.types.websocket_client_event import CancelContextRequest
 from websockets.exceptions import ConnectionClosed
+from websockets.protocol import State
 
-from shared.background import start_worker
-from shared.providers.messages import json_object
+from shared.providers.messages import deliver_messages, json_object
 from shared.providers.tls import client_context
 from shared.realtime import checkpoint
 from shared.resilience import ProviderUnavailable, guard
@@ -72,13 +71,23 @@ def websocket_url(http_url: str) -> str:
 
 
 class _Connection:
-    """One open websocket and the reader that hands each event to its turn."""
+    """One open websocket, whose messages websockets' reader hands to their turns."""
 
     def __init__(self, sdk: TTSResourceConnection) -> None:
         self.sdk = sdk
-        self.alive = True
+        # websockets' sync connection under the SDK's: its messages come to `_on_message`
+        # in its own reader (shared/providers/messages.py), not through `recv_bytes()`.
+        self._websocket = sdk._connection
+        self._open = True
         self._turns: dict[str, Callable[[dict[str, Any] | CartesiaTtsError], None]] = {}
-        start_worker(self._read, "cartesia-reader")
+        self._handled = 0
+        deliver_messages(self._websocket, self._on_message, self._on_end)
+
+    @property
+    def alive(self) -> bool:
+        """Open, as far as we know: not closed by us, not ended (and never sent on once
+        websockets has seen it close, which would make the SDK reconnect under us)."""
+        return self._open and self._websocket.state is State.OPEN
 
     def register(
         self, context_id: str, on_event: Callable[[dict[str, Any] | CartesiaTtsError], None]
@@ -90,44 +99,45 @@ class _Connection:
         self._turns.pop(context_id, None)
 
     def close(self) -> None:
-        self.alive = False
+        self._open = False
         try:
             self.sdk.close()
         except Exception:
             log.debug("closing the Cartesia websocket failed", exc_info=True)
 
-    def _read(self) -> None:
-        try:
-            for count in itertools.count(1):
-                raw = self.sdk.recv_bytes()
-                # Decoded here, not by the SDK's `parse_event`: its model of every audio
-                # chunk is built in pure Python (22 µs a chunk with `.audio`, against 7 µs
-                # for orjson and base64; ~800 chunks a second at 120 calls).
-                event = json_object(raw, "Cartesia")
-                if event is None:
-                    continue
-                self._route(event)
-                checkpoint()
-                # Cartesia sends a sentence's audio faster than real time: many messages
-                # are often already here, and without a yield this reader would parse them
-                # all (~100 µs each under load) while every other call's frames wait.
-                # Under gevent this lets the hub run in between (on plain threads it is a
-                # no-op); every few messages, not every one: a yield is a round trip
-                # through the hub, and was 3 % of the voice worker's time at 100 calls.
-                if count % YIELD_EVERY == 0:
-                    time.sleep(0)
-        except ConnectionClosed as exc:
-            reason = (
-                f"Cartesia connection closed ({exc.rcvd.code if exc.rcvd else 'no close frame'})"
-            )
-        except Exception as exc:
-            log.exception("Cartesia reader failed")
-            reason = f"Cartesia connection failed: {type(exc).__name__}"
-        if self.alive:  # not closed by us
-            log.warning("%s", reason)
-        self.alive = False
+    def _on_message(self, raw: bytes, text: bool) -> None:
+        # Decoded here, not by the SDK's `parse_event`: its model of every audio chunk is
+        # built in pure Python (22 µs a chunk with `.audio`, against 7 µs for orjson and
+        # base64; ~800 chunks a second at 120 calls).
+        event = json_object(raw, "Cartesia")
+        if event is None:
+            return
+        self._route(event)
+        checkpoint()
+        # Cartesia sends a sentence's audio faster than real time: many messages are often
+        # read at once, and without a yield the reader would handle them all (~100 µs each
+        # under load) while every other call's frames wait. Under gevent this lets the hub
+        # run in between (on plain threads it is a no-op); every few messages, not every
+        # one: a yield is a round trip through the hub, and was 3 % of the voice worker's
+        # time at 100 calls.
+        self._handled += 1
+        if self._handled % YIELD_EVERY == 0:
+            time.sleep(0)
+
+    def _on_end(self, reason: BaseException) -> None:
+        """The connection ended (a drop, Cartesia's close or ours) or a handler failed:
+        every turn still running fails."""
+        if isinstance(reason, ConnectionClosed):
+            code = reason.rcvd.code if reason.rcvd else "no close frame"
+            message = f"Cartesia connection closed ({code})"
+        else:
+            log.error("Cartesia reader failed", exc_info=reason)
+            message = f"Cartesia connection failed: {type(reason).__name__}"
+        if self._open:  # not closed by us
+            log.warning("%s", message)
+        self._open = False
         for on_event in list(self._turns.values()):
-            on_event(CartesiaTtsError(reason))
+            on_event(CartesiaTtsError(message))
         self._turns.clear()
 
     def _route(self, event: dict[str, Any]) -> None:

@@ -16,11 +16,11 @@ first loud frame flushes at once, so speech reaches Deepgram no later than befor
 hang-over outlasts endpointing and utterance-end, so turn ends are not delayed either. A
 turn that has ended (speech_final or UtteranceEnd) ends the hang-over there: the 40 ms
 messages after speech were 70 % of a call's sends in the voice benchmark.
-A keep-alive worker sends KeepAlive after `keepalive_s` without audio; a receiver worker maps
-Deepgram's messages to SttEvents. Both are `start_worker`s: greenlets in the voice process,
-so `on_event` runs in a greenlet there, threads elsewhere; the SDK's
-websocket (websockets' sync client) runs on the patched sockets and its own reader thread
-becomes a greenlet too.
+A keep-alive worker sends KeepAlive after `keepalive_s` without audio. Deepgram's messages
+become SttEvents in the SDK websocket's own reader thread (websockets' sync client,
+`deliver_messages`), so `on_event` runs there: a greenlet in the voice process, where the
+websocket runs on the patched sockets, a thread elsewhere. The workers are `start_worker`s
+(greenlets in the voice process too).
 
 Turns: `is_final` results are FINAL segments; `speech_final` (endpointing) ends the turn,
 or `UtteranceEnd` does when endpointing missed. A failure mid-stream (drop, `Error`) is

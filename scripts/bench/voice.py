@@ -1644,11 +1644,21 @@ def stall_lines(stalls: list[dict[str, Any]], span: float) -> list[str]:
     for stall in stalls:
         for key, value in stall["by"].items():
             by[key] = by.get(key, 0.0) + value
+    cpu = sum(s.get("cpu", math.nan) for s in stalls)
     lines = [
         f"  {len(stalls)} gaps over 15 ms between two rounds of the frame pump in {span:.0f} s "
         f"(p50 {1000 * pct(gaps, 50):.1f} ms, max {1000 * max(gaps):.1f} ms, "
-        f"{statistics.mean(s['runs'] for s in stalls):.0f} greenlet runs each); wall time in them:"
+        f"{statistics.mean(s['runs'] for s in stalls):.0f} greenlet runs each; the worker's "
+        f"thread on its core for {100 * cpu / sum(gaps):.0f} % of their wall time, the rest "
+        f"off its core: the hypervisor, another task or a blocking call); wall time in them:"
     ]
+    longest = sorted(stalls, key=lambda s: -s["gap"])[:5]
+    lines.append(
+        "    the longest, wall (the thread's CPU): "
+        + ", ".join(
+            f"{1000 * s['gap']:.0f} ({1000 * s.get('cpu', math.nan):.0f}) ms" for s in longest
+        )
+    )
     for key, value in sorted(by.items(), key=lambda kv: -kv[1])[:12]:
         shown = f"{value:.0f}" if key.endswith("#") else f"{100 * value / sum(gaps):5.1f}%"
         lines.append(f"    {shown:>6}  {ACCOUNT_LABELS.get(key, key)}")

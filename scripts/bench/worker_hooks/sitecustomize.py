@@ -23,7 +23,9 @@ A switch costs a few µs more while it is on (off, a trace call that returns at 
 It also keeps the stalls: every gap of more than `STALL_S` (wall clock) between two rounds
 of the read ticker's pump, which reads every call's frames (in its own greenlet, or in any
 at a checkpoint: shared/realtime.py), with what ran in the gap (wall time per greenlet, and
-the garbage collector's): a frame that waits through one is late.
+the garbage collector's) and the thread's CPU time in it (less than the gap when the
+thread was off its core: the hypervisor's steal, another task, a blocking call): a frame
+that waits through one is late.
 
 On while the file `on` exists there; the totals so far are written to `account.json` every
 0.2 s while on.
@@ -78,6 +80,7 @@ class Account:
         self.gap: dict[str, float] = {}
         self.gap_runs = 0
         self.round_at = 0.0
+        self.round_cpu = 0.0  # the thread's CPU time then
         self.gc_at = 0.0
         self.stalls: list[dict[str, Any]] = []
 
@@ -119,13 +122,18 @@ class Account:
         """A pump round begins: close the gap since the last one."""
         if not self.on:
             return
-        wall = time.perf_counter()
+        wall, cpu = time.perf_counter(), time.thread_time()
         self.gap[self.current] = self.gap.get(self.current, 0.0) + wall - self.wall_at
         self.wall_at = wall
         if self.round_at and wall - self.round_at > STALL_S and len(self.stalls) < MAX_STALLS:
-            gap = {"gap": wall - self.round_at, "runs": self.gap_runs, "by": dict(self.gap)}
+            gap = {
+                "gap": wall - self.round_at,
+                "cpu": cpu - self.round_cpu,  # the thread's: less than the gap when off its core
+                "runs": self.gap_runs,
+                "by": dict(self.gap),
+            }
             self.stalls.append(gap)
-        self.round_at, self.gap_runs = wall, 0
+        self.round_at, self.round_cpu, self.gap_runs = wall, cpu, 0
         self.gap.clear()
 
     def collection(self, phase: str, info: dict[str, int]) -> None:

@@ -1632,7 +1632,27 @@ def account_worker(directory: Path, seconds: float, calls: int) -> list[str]:
             f"    {100 * cpu / span:5.1f}%  {runs / span:6.0f} runs/s  "
             f"{1e6 * cpu / max(runs, 1):6.1f} µs/run  {ACCOUNT_LABELS.get(key, key)}"
         )
-    return lines + stall_lines(account.get("stalls", []), span)
+    return (
+        lines
+        + stall_lines(account.get("stalls", []), span)
+        + long_run_lines(account.get("long_runs", []), span)
+    )
+
+
+def long_run_lines(runs: list[dict[str, Any]], span: float) -> list[str]:
+    """Greenlet runs over 10 ms of their own CPU (pump rounds at their checkpoints are
+    counted apart, as rounds of their own), by where each ended: nothing else runs
+    meanwhile, so every call's frames wait."""
+    if not runs:
+        return ["  no greenlet run over 10 ms of CPU"]
+    lines = [
+        f"  {len(runs)} greenlet runs over 10 ms of CPU in {span:.0f} s; the longest, and where they ended:"
+    ]
+    for run in sorted(runs, key=lambda r: -r["cpu"])[:8]:
+        label = ACCOUNT_LABELS.get(run["label"], run["label"])
+        ended = " < ".join(run["where"][:4])
+        lines.append(f"    {1000 * run['cpu']:5.1f} ms  {label}{': ' + ended if ended else ''}")
+    return lines
 
 
 def stall_lines(stalls: list[dict[str, Any]], span: float) -> list[str]:

@@ -48,11 +48,23 @@ from typing import Any
 DIRECTORY = os.environ.get("BENCH_HOOKS_DIR")
 ARRIVAL_BUCKETS_S = (0.002, 0.005, 0.01, 0.02, 0.05, 0.1)  # and one more: over 100 ms
 STALL_S = 0.015
+LONG_RUN_S = 0.01  # a greenlet run with more CPU than this is kept, with where it ended
 MAX_STALLS = 500
 SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
 _TIMESPEC = struct.Struct("qq")
 PUMP_LABEL = "web.voice.read_ticker.ReadTicker._run_pump"
 CHECKPOINT_LABEL = "pump rounds at checkpoints"  # charged here, not to the greenlet they ran in
+
+
+def where(g: Any) -> list[str]:
+    """Where greenlet `g` switched out: its innermost frames outside gevent and greenlet."""
+    frame, found = getattr(g, "gr_frame", None), []
+    while frame is not None and len(found) < 6:
+        path = frame.f_code.co_filename
+        if "/gevent/" not in path and "/greenlet/" not in path:
+            found.append(f"{path.rsplit('/', 2)[-1]}:{frame.f_lineno} {frame.f_code.co_name}")
+        frame = frame.f_back
+    return found
 
 
 def label_of(g: Any) -> str:
@@ -74,6 +86,7 @@ class Account:
         self.labels: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
         self.current = "?"  # the label of the greenlet running now
         self.cpu_at: float | None = None  # the thread's CPU time at the last switch
+        self.pumped_in_run = 0.0  # CPU of pump rounds at checkpoints since the last switch
         self.wall_at = 0.0  # wall time at the last switch (or pump round)
         self.started = 0.0
         # Stalls: wall time per greenlet since the last pump round began.
@@ -83,11 +96,13 @@ class Account:
         self.round_cpu = 0.0  # the thread's CPU time then
         self.gc_at = 0.0
         self.stalls: list[dict[str, Any]] = []
+        self.long_runs: list[dict[str, Any]] = []  # greenlet runs over LONG_RUN_S of CPU
 
     def start(self) -> None:
         self.cpu.clear()
         self.runs.clear()
         self.stalls.clear()
+        self.long_runs.clear()
         self.gap.clear()
         self.cpu_at, self.round_at, self.started = None, 0.0, time.monotonic()
         self.on = True
@@ -105,15 +120,21 @@ class Account:
         cpu, wall = time.thread_time(), time.perf_counter()
         key, self.current = self.label(args[0]), self.label(args[1])
         if self.cpu_at is not None:
+            own = cpu - self.cpu_at - self.pumped_in_run  # pump rounds at its checkpoints: theirs
+            if own > LONG_RUN_S and len(self.long_runs) < MAX_STALLS:
+                self.long_runs.append({"label": key, "cpu": own, "where": where(args[0])})
             self.cpu[key] = self.cpu.get(key, 0.0) + cpu - self.cpu_at
             self.runs[key] = self.runs.get(key, 0) + 1
             self.gap[key] = self.gap.get(key, 0.0) + wall - self.wall_at
             self.gap_runs += 1
-        self.cpu_at, self.wall_at = cpu, wall
+        self.cpu_at, self.wall_at, self.pumped_in_run = cpu, wall, 0.0
 
     def pumped(self, cpu: float) -> None:
         """A pump round took `cpu` inside another greenlet (a checkpoint): the pump's."""
         if self.on and self.current != PUMP_LABEL:
+            self.pumped_in_run += cpu
+            if cpu > LONG_RUN_S and len(self.long_runs) < MAX_STALLS:
+                self.long_runs.append({"label": CHECKPOINT_LABEL, "cpu": cpu, "where": []})
             self.cpu[self.current] = self.cpu.get(self.current, 0.0) - cpu
             self.cpu[CHECKPOINT_LABEL] = self.cpu.get(CHECKPOINT_LABEL, 0.0) + cpu
             self.runs[CHECKPOINT_LABEL] = self.runs.get(CHECKPOINT_LABEL, 0) + 1
@@ -153,6 +174,7 @@ class Account:
             "cpu": dict(self.cpu),
             "runs": dict(self.runs),
             "stalls": list(self.stalls),
+            "long_runs": list(self.long_runs),
         }
 
 

@@ -1,15 +1,16 @@
 """Benchmark: the Groq client's CPU per streamed reply, one connection pool against several.
 
-    .venv/bin/python -m scripts.bench.groq_pool [--calls 100,200] [--rounds 8] [--shards 16]
+    .venv/bin/python -m scripts.bench.groq_pool [--calls 100,200] [--rounds 8] [--shards 8]
 
 httpcore's pool walks every connection it holds when a request starts and when its
-response closes (closed? expired? idle? the idle ones probed for a server hang-up), so with
-one pool per process a reply's cost grows with the calls the process carries. Here, in a
-gevent process like the voice worker, `calls` greenlets stream replies from the fake Groq
-server (its own process, so its CPU is not counted), through one pool or through `--shards`
-of them taken in turn: first one reply per call every `--period` seconds
-at random moments, then all at once in `--rounds` bursts. Printed: this process's CPU per
-reply and the connections the pools held.
+response closes (closed? expired? idle? the idle ones probed for a server hang-up), for
+each of them again, so with one pool per process a reply's cost grows with the square of
+the connections kept. Here, in a gevent process like the voice worker, `calls` greenlets
+stream replies from the fake Groq server (its own process, so its CPU is not counted)
+through `groq_client` with one pool or with `--shards` (its `ShardedTransport`): first one
+reply per call every `--period` seconds at random moments, then all at once in `--rounds`
+bursts, then the spread again, now with the pools the bursts left. Printed: this process's
+CPU per reply and the connections the pools held.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ if "--serve" not in sys.argv:  # the fake server's own process runs on plain thr
     monkey.patch_all()
 
 import argparse
-import itertools
 import random
 import statistics
 import subprocess
@@ -40,17 +40,6 @@ BODY = {
     "messages": [{"role": "user", "content": "When are you open on Saturday?"}],
     "stream": True,
 }
-
-
-class Shards:
-    """`shards` clients as `groq_client` makes them, each with its own pool, taken in turn."""
-
-    def __init__(self, api_key: str, base_url: str, shards: int) -> None:
-        self.clients = [groq_client(api_key, base_url) for _ in range(shards)]
-        self._turns = itertools.cycle(self.clients)
-
-    def next(self) -> groq.Groq:
-        return next(self._turns)
 
 
 def _serve() -> None:
@@ -78,16 +67,16 @@ def _reply(client: groq.Groq) -> int:
         stream.close()
 
 
-def _burst(clients: Shards, calls: int) -> float:
+def _burst(client: groq.Groq, calls: int) -> float:
     """CPU ms of this process per reply, `calls` replies streamed at once (every call's
     greeting after a restart, say)."""
     started = time.process_time()
-    jobs = [gevent.spawn(_reply, clients.next()) for _ in range(calls)]
+    jobs = [gevent.spawn(_reply, client) for _ in range(calls)]
     gevent.joinall(jobs, raise_error=True)
     return 1e3 * (time.process_time() - started) / calls
 
 
-def _spread(clients: Shards, calls: int, seconds: float, period: float) -> float:
+def _spread(client: groq.Groq, calls: int, seconds: float, period: float) -> float:
     """CPU ms per reply, each call asking for one every `period` s on average, at random
     moments, for `seconds` (the voice benchmark's pattern: few replies at once, many
     connections idle in between)."""
@@ -100,7 +89,7 @@ def _spread(clients: Shards, calls: int, seconds: float, period: float) -> float
             gevent.sleep(rng.uniform(0, 2 * period))
             if time.monotonic() > end:
                 return
-            _reply(clients.next())
+            _reply(client)
             replies += 1
 
     started = time.process_time()
@@ -108,9 +97,10 @@ def _spread(clients: Shards, calls: int, seconds: float, period: float) -> float
     return 1e3 * (time.process_time() - started) / max(1, replies)
 
 
-def _pooled(clients: Shards) -> list[int]:
+def _pooled(client: groq.Groq) -> list[int]:
     # httpx's transport and httpcore's pool through their private attributes: a benchmark.
-    return [len(c._client._transport._pool.connections) for c in clients.clients]  # type: ignore[attr-defined]
+    transport = client._client._transport
+    return [len(t._pool.connections) for t in getattr(transport, "transports", [transport])]
 
 
 def main() -> None:
@@ -119,7 +109,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5, help="bursts per setup")
     parser.add_argument("--seconds", type=float, default=30.0, help="spread replies this long")
     parser.add_argument("--period", type=float, default=8.0, help="s between a call's replies")
-    parser.add_argument("--shards", type=int, default=16)
+    parser.add_argument("--shards", type=int, default=8)
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
@@ -134,17 +124,19 @@ def main() -> None:
     url = server.stdout.readline().strip()
     try:
         for calls in (int(c) for c in args.calls.split(",")):
-            setups = {1: Shards(KEY, url, 1), args.shards: Shards(KEY, url, args.shards)}
-            for shards, clients in setups.items():
-                spread = _spread(clients, calls, args.seconds, args.period)
-                pooled = _pooled(clients)
-                bursts = sorted(_burst(clients, calls) for _ in range(args.rounds))
+            for shards in (1, args.shards):
+                client = groq_client(KEY, url, shards=shards)
+                spread = _spread(client, calls, args.seconds, args.period)
+                pooled = _pooled(client)
+                bursts = sorted(_burst(client, calls) for _ in range(args.rounds))
+                after = _spread(client, calls, args.seconds, args.period)
                 print(
                     f"{calls} calls, {shards:>2} pool(s): CPU per reply {spread:.2f} ms with "
                     f"a reply per call every {args.period:.0f} s (connections then: "
                     f"{sum(pooled)} in all, {max(pooled)} in the largest pool); "
                     f"{statistics.median(bursts):.2f} ms ({bursts[0]:.2f}-{bursts[-1]:.2f}) "
-                    f"with all {calls} at once",
+                    f"with all {calls} at once; {after:.2f} ms spread again after the bursts "
+                    f"({max(_pooled(client))} connections in the largest pool)",
                     flush=True,
                 )
     finally:

@@ -1,4 +1,4 @@
-"""The Groq SDK client both Groq providers (LLM, sentiment) use, with a pool sized for a
+"""The Groq SDK client both Groq providers (LLM, sentiment) use, with pools sized for a
 voice process.
 
 The SDK's default pool keeps at most 20 idle connections (of 100): with more replies
@@ -7,12 +7,22 @@ the next one opened a new one — a TCP (and, against Groq, TLS) handshake befor
 token, on the voice worker's CPU. The voice benchmark at 100 calls saw ~34 connections
 opened and dropped every 7 s. Here every connection opened is kept, up to
 `POOL_CONNECTIONS`, above the ≥ 200 calls a voice process aims to carry.
+
+In `SHARDS` pools, not one: httpcore 1.0.9's pool walks every connection it holds, for
+each of them again (a count of its connections inside the loop over them), when a request
+starts and when its response closes. So a request's CPU grows with the square of the
+connections kept: 1.8 ms through a pool of one connection, 3.1 ms with 50 and 13.4 ms with
+150 (a gevent process against the Groq fake), every one of them a stretch in which no
+call's audio moves. After a burst of replies (every call's first question, say) the pool
+keeps that many connections for `KEEPALIVE_S`. httpcore's fix is not released
+(encode/httpcore#1035, open).
 """
 
 from __future__ import annotations
 
 import select
 import weakref
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import httpcore
@@ -22,23 +32,21 @@ from groq import DefaultHttpxClient, Groq
 
 from shared.providers.tls import client_context
 
-POOL_CONNECTIONS = 400
+POOL_CONNECTIONS = 400  # in all, across the shards
+SHARDS = 8  # 150 connections after a burst: ~19 a pool, a request's walk ~60 times shorter
 KEEPALIVE_S = 30.0  # an idle connection outlives the pauses between a call's replies
 
 
-def groq_client(api_key: str, base_url: str | None) -> Groq:
+def groq_client(api_key: str, base_url: str | None, *, shards: int = SHARDS) -> Groq:
     """A client whose own retries are off: the guard retries, and passes each attempt its
     timeout (`shared.resilience`); 10 s is only the default for a request without one."""
     limits = httpx.Limits(
-        max_connections=POOL_CONNECTIONS,
-        max_keepalive_connections=POOL_CONNECTIONS,
+        max_connections=POOL_CONNECTIONS // shards,
+        max_keepalive_connections=POOL_CONNECTIONS // shards,
         keepalive_expiry=KEEPALIVE_S,
     )
-    # The process's one TLS context: a transport builds its own otherwise (~57 ms of CPU).
-    transport = httpx.HTTPTransport(verify=client_context(), limits=limits)
-    # httpcore has no option for its network backend through httpx: the pool's attribute.
-    pool = transport._pool
-    pool._network_backend = PlainPollBackend(pool._network_backend)
+    transports = [_transport(limits) for _ in range(shards)]
+    transport = transports[0] if shards == 1 else ShardedTransport(transports)
     return Groq(
         api_key=api_key,
         base_url=base_url,
@@ -46,6 +54,57 @@ def groq_client(api_key: str, base_url: str | None) -> Groq:
         timeout=10.0,
         http_client=DefaultHttpxClient(transport=transport, event_hooks={"response": [_unbind]}),
     )
+
+
+def _transport(limits: httpx.Limits) -> httpx.HTTPTransport:
+    # The process's one TLS context: a transport builds its own otherwise (~57 ms of CPU).
+    transport = httpx.HTTPTransport(verify=client_context(), limits=limits)
+    # httpcore has no option for its network backend through httpx: the pool's attribute.
+    pool = transport._pool
+    pool._network_backend = PlainPollBackend(pool._network_backend)
+    return transport
+
+
+class ShardedTransport(httpx.BaseTransport):
+    """Several transports, each with a pool of its own (see the module docstring). A request
+    goes to the one with the fewest responses open, the first of equals: a quiet process
+    keeps using one connection, a busy one spreads its connections evenly."""
+
+    def __init__(self, transports: Sequence[httpx.BaseTransport]) -> None:
+        self.transports = transports
+        self._open = [0] * len(transports)  # responses not closed yet, per transport
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        shard = self._open.index(min(self._open))
+        self._open[shard] += 1
+        try:
+            response = self.transports[shard].handle_request(request)
+        except BaseException:
+            self._open[shard] -= 1
+            raise
+        response.stream = _Counted(response.stream, self._open, shard)
+        return response
+
+    def close(self) -> None:
+        for transport in self.transports:
+            transport.close()
+
+
+class _Counted(httpx.SyncByteStream):
+    """A response's body, which counts its transport's open responses down when closed."""
+
+    def __init__(self, inner: Any, counts: list[int], shard: int) -> None:
+        self._inner, self._counts, self._shard = inner, counts, shard
+        self._closed = False
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield from self._inner
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._counts[self._shard] -= 1
+        self._inner.close()
 
 
 # The stdlib's poll, even where gevent has patched `select` (the voice and web processes).

@@ -21,7 +21,7 @@ from scripts.fakes.groq_llm import (
     ToolCallReply,
     start_fake_groq_llm,
 )
-from shared.providers.groq_client import PlainPollBackend
+from shared.providers.groq_client import PlainPollBackend, ShardedTransport
 from shared.providers.llm.base import (
     AgentContext,
     ChatMessage,
@@ -439,3 +439,28 @@ def test_an_event_that_is_not_json_is_a_stream_error() -> None:
 
     with pytest.raises(LlmStreamError, match="not JSON"):
         list(_chunks(response))
+
+
+def test_requests_go_to_the_pool_with_the_fewest_open_responses_the_first_of_equals() -> None:
+    # Why several pools: httpcore's pool walks its connections quadratically per request
+    # (groq_client's docstring). A quiet process keeps to one pool and one connection.
+    served: list[int] = []
+
+    def pool(n: int) -> httpx.MockTransport:
+        def handler(request: httpx.Request) -> httpx.Response:
+            served.append(n)
+            return httpx.Response(200, stream=httpx.ByteStream(b"data: [DONE]\n\n"))
+
+        return httpx.MockTransport(handler)
+
+    client = httpx.Client(transport=ShardedTransport([pool(n) for n in range(3)]))
+    for _ in range(2):
+        client.get("http://groq.test/")  # read and closed: its pool is free again
+    held = [
+        client.send(client.build_request("GET", "http://groq.test/"), stream=True) for _ in range(4)
+    ]
+    held[1].close()  # closed before its body was read
+    client.get("http://groq.test/")
+    for response in held:
+        response.close()
+    assert served == [0, 0, 0, 1, 2, 0, 1]

@@ -20,9 +20,11 @@ keeps that many connections for `KEEPALIVE_S`. httpcore's fix is not released
 
 from __future__ import annotations
 
+import functools
 import select
+import threading
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import httpcore
@@ -73,17 +75,23 @@ class ShardedTransport(httpx.BaseTransport):
     def __init__(self, transports: Sequence[httpx.BaseTransport]) -> None:
         self.transports = transports
         self._open = [0] * len(transports)  # responses not closed yet, per transport
+        self._lock = threading.Lock()  # the worker processes' actors are threads
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
-        shard = self._open.index(min(self._open))
-        self._open[shard] += 1
+        with self._lock:
+            shard = self._open.index(min(self._open))
+            self._open[shard] += 1
         try:
             response = self.transports[shard].handle_request(request)
         except BaseException:
-            self._open[shard] -= 1
+            self._closed(shard)
             raise
-        response.stream = _Counted(response.stream, self._open, shard)
+        response.stream = _Counted(response.stream, functools.partial(self._closed, shard))
         return response
+
+    def _closed(self, shard: int) -> None:
+        with self._lock:
+            self._open[shard] -= 1
 
     def close(self) -> None:
         for transport in self.transports:
@@ -91,10 +99,10 @@ class ShardedTransport(httpx.BaseTransport):
 
 
 class _Counted(httpx.SyncByteStream):
-    """A response's body, which counts its transport's open responses down when closed."""
+    """A response's body, which tells its transport when it is closed (once)."""
 
-    def __init__(self, inner: Any, counts: list[int], shard: int) -> None:
-        self._inner, self._counts, self._shard = inner, counts, shard
+    def __init__(self, inner: Any, on_close: Callable[[], None]) -> None:
+        self._inner, self._on_close = inner, on_close
         self._closed = False
 
     def __iter__(self) -> Iterator[bytes]:
@@ -103,7 +111,7 @@ class _Counted(httpx.SyncByteStream):
     def close(self) -> None:
         if not self._closed:
             self._closed = True
-            self._counts[self._shard] -= 1
+            self._on_close()
         self._inner.close()
 
 

@@ -84,3 +84,20 @@ def test_a_row_that_cannot_be_stored_loses_only_itself(
     lost = [r for r in caplog.records if r.getMessage() == "could not store a turn"]
     assert [r.__dict__["call_id"] for r in lost] == [str(gone.call_id)]
     assert good.pending == gone.pending == 0
+
+
+def test_a_backlog_goes_in_statements_of_at_most_max_rows(
+    db: Session, session_factory: sessionmaker[Session]
+) -> None:
+    # Preparing a statement is CPU the writer spends without a pause, while every call's
+    # audio waits: a backlog is split.
+    call = new_call(db)
+    inserts = count_inserts(session_factory)
+    writer = TurnWriter(session_factory, window_s=0.05)
+    sink = writer.for_call(call)
+    for seq in range(1, 121):
+        sink.record(turn(seq))
+    sink.close(timeout=10)
+
+    assert stored(db) == {(call, n, f"turn {n}") for n in range(1, 121)}
+    assert len(inserts) == 3  # 50 + 50 + 20

@@ -96,6 +96,9 @@ def deliver_messages(connection: Connection, on_message: OnMessage, on_end: OnEn
             connection.recv_messages = delivery  # type: ignore[assignment]
             queued, assembler.frames = assembler.frames, _Forward(delivery)  # type: ignore[assignment]
             ended = assembler.closed
+            if assembler.paused:  # its queue was full: the reader waits for it to drain
+                assembler.paused = False
+                assembler.resume()
         finally:
             assembler.mutex.release()
         for frame in _drain(queued):

@@ -60,8 +60,11 @@ def test_send_binary_frames_whole_messages_and_refuses_a_closed_connection() -> 
 
 
 def test_messages_queued_before_and_sent_after_are_delivered_in_order_then_the_end() -> None:
+    early = [f"early {n}" for n in range(20)]  # more than websockets queues before pausing
+
     def script(ws: ServerConnection) -> None:
-        ws.send("early text")
+        for text in early:
+            ws.send(text)
         ws.send(b"early binary")
         ws.recv()  # the client has taken the messages over
         ws.send(["frag", "mented"])  # one message in two frames
@@ -77,7 +80,7 @@ def test_messages_queued_before_and_sent_after_are_delivered_in_order_then_the_e
         with pytest.raises(RuntimeError):
             ws.recv()  # its messages go to the handler now
     assert received.messages == [
-        (b"early text", True),
+        *[(text.encode(), True) for text in early],
         (b"early binary", False),
         (b"fragmented", True),
         (b"late", False),

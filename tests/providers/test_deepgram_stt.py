@@ -18,7 +18,7 @@ from shared.config import load_settings
 from shared.providers.stt.base import SttEvent, SttEventKind
 from shared.providers.stt.deepgram import DeepgramStream, DeepgramStreamError, DeepgramStt
 from shared.resilience import ProviderUnavailable, guard
-from tests.conftest import run_fresh
+from tests.conftest import poll_until, run_fresh
 
 FRAME = 160  # 20 ms of 8 kHz μ-law
 QUESTION = "When are you open on Saturday?"
@@ -340,9 +340,13 @@ def test_once_the_turn_has_ended_the_quiet_line_goes_in_200_ms_messages(
     silence, speech = b"\xff" * FRAME, b"\x00\x80" * (FRAME // 2)
     events = Events()
     stream = provider(fake.url).open("en-US", events)
-    for frame in [silence] * 15 + [speech] * 60 + [silence] * 20:  # the utterance: 0.3-1.5 s
+    utterance = [silence] * 15 + [speech] * 60 + [silence] * 20  # speech: 0.3-1.5 s
+    for frame in utterance:
         stream.send(frame)
     assert events.turn_ended.wait(3)  # endpointed 300 ms after the speech, at 1.8 s
+    # The utterance's last messages may still be on their way when the turn's end arrives
+    # (all but its last 20 ms, which waits for a 40 ms message).
+    assert poll_until(lambda: len(fake.sessions[0].audio) >= (len(utterance) - 1) * FRAME)
     ended = time.monotonic()
     for _ in range(50):  # 1 s of silence, well inside the 1.5 s hang-over
         stream.send(silence)

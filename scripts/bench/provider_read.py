@@ -92,11 +92,9 @@ def _run(connections: int, seconds: float, mode: str) -> float:
 
 
 if __name__ == "__main__":
-    if "--serve" in sys.argv:
-        _serve(float(sys.argv[-1]))
-    else:
-        compare(
-            MODES,
-            _run,
-            f"a message each every {INTERVAL_S * 1000:.0f} ms, µs of CPU per message received",
-        )
+    compare(
+        MODES,
+        _run,
+        f"a message each every {INTERVAL_S * 1000:.0f} ms, µs of CPU per message received",
+        _serve,
+    )

@@ -113,11 +113,9 @@ def _bound(send: Callable[[Any, bytes], None], ws: Any) -> Callable[[bytes], Non
 
 
 if __name__ == "__main__":
-    if "--serve" in sys.argv:
-        _serve(float(sys.argv[-1]))
-    else:
-        compare(
-            MODES,
-            _run,
-            f"a 320-byte message each every {INTERVAL_S * 1000:.0f} ms, µs of CPU per message sent",
-        )
+    compare(
+        MODES,
+        _run,
+        f"a 320-byte message each every {INTERVAL_S * 1000:.0f} ms, µs of CPU per message sent",
+        _serve,
+    )

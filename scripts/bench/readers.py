@@ -46,10 +46,19 @@ def server_port(module: str, seconds: float) -> tuple[subprocess.Popen[str], int
     return server, int(server.stdout.readline())
 
 
-def compare(modes: Sequence[str], run: Callable[[int, float, str], float], what: str) -> None:
-    """Alternate `run(connections, seconds, mode)` over `modes` for `--rounds` rounds (the
-    VM's speed drifts) and print each mode's figures, their mean and the ratio of each
-    mode's to the first's."""
+def compare(
+    modes: Sequence[str],
+    run: Callable[[int, float, str], float],
+    what: str,
+    serve: Callable[[float], None],
+) -> None:
+    """A socket micro-benchmark's entry point. With `--serve S` (how `server_port` starts
+    this module's server process): `serve(S)`. Otherwise alternate `run(connections,
+    seconds, mode)` over `modes` for `--rounds` rounds (the VM's speed drifts) and print
+    each mode's figures, their mean and the ratio of each mode's to the first's."""
+    if "--serve" in sys.argv:
+        serve(float(sys.argv[-1]))
+        return
     parser = argparse.ArgumentParser()
     parser.add_argument("--connections", type=int, default=100)
     parser.add_argument("--seconds", type=float, default=8.0)

@@ -380,8 +380,9 @@ class Tenant:
             }
             for i, ticket in enumerate(tickets)
         ]
-        with self.engine.begin() as conn:
-            conn.execute(insert(Call), rows)
+        if rows:  # a repeated ramp step dials none (an empty insert would be one NULL row)
+            with self.engine.begin() as conn:
+                conn.execute(insert(Call), rows)
         return tickets
 
     def turns(self, call_ids: Iterable[uuid.UUID]) -> list[CallTurn]:
@@ -1365,9 +1366,9 @@ def run_ramp(ctx: Context) -> list[str]:
         finally:
             phones.hang_up()
     baseline = relay_baseline(ctx, results) if args.relay_streams else []
-    best = max((r.calls for r in results if r.ok), default=0)
-    relaxed = max((r.calls for r in results if r.ok_relaxed), default=0)
-    at_arrival = max((r.calls for r in results if r.ok_at_arrival), default=0)
+    best, strict = capacity(results, lambda r: r.ok)
+    _, relaxed = capacity(results, lambda r: r.ok_relaxed)
+    _, at_arrival = capacity(results, lambda r: r.ok_at_arrival)
     lines = [
         "",
         f"(b) simultaneous calls in one voice process (VOICE_CHUNK_MS=100, VOICE_LEAD_MS=200), "
@@ -1387,7 +1388,7 @@ def run_ramp(ctx: Context) -> list[str]:
         "(voice_playout_gaps_total), no TTS audio yet / audio waiting in the worker",
         step_header(),
         *[step_row(r) for r in results],
-        f"  capacity: {best} simultaneous calls pass (no frame > 20 ms late, no underrun, every "
+        f"  capacity: {strict} simultaneous calls pass (no frame > 20 ms late, no underrun, every "
         f"clear <= {1000 * CLEAR_LIMIT_S:.0f} ms); target >= 200: {'met' if best >= 200 else 'MISSED'}",
         f"  relaxed (<= 1% of call-seconds with a frame > 20 ms late, else the same): {relaxed}",
         f"  at the voice process (no frame read > 20 ms after it arrived there, no underrun, "
@@ -1398,6 +1399,22 @@ def run_ramp(ctx: Context) -> list[str]:
         *profile,
     ]
     return lines
+
+
+def capacity(results: list[StepResult], passed: Callable[[StepResult], bool]) -> tuple[int, str]:
+    """The most calls whose every window passed, and that said in words: with repeated
+    steps (`--steps 200,200`) how many windows passed, e.g. "160; 200 passed 2 of 3 windows"."""
+    by_calls: dict[int, list[bool]] = {}
+    for r in results:
+        by_calls.setdefault(r.calls, []).append(passed(r))
+    best = max((calls for calls, oks in by_calls.items() if all(oks)), default=0)
+    line = str(best)
+    if best and len(by_calls[best]) > 1:
+        line += f" ({len(by_calls[best])} of {len(by_calls[best])} windows)"
+    failed = {c: oks for c, oks in by_calls.items() if c > best and len(oks) > 1 and any(oks)}
+    for calls, oks in sorted(failed.items()):
+        line += f"; {calls} passed {sum(oks)} of {len(oks)} windows"
+    return best, line
 
 
 @contextlib.contextmanager

@@ -29,6 +29,7 @@ Everything it starts is stopped at the end, on error and on Ctrl-C too.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import gc
 import http.client
@@ -232,17 +233,21 @@ class ContentDeepgram(deepgram_live.DeepgramLiveFake):
         await _ContentResponder(self, connection, session).run()  # sessions not kept
 
 
-def _start_fake(kind: str, times: ProviderTimes) -> tuple[str, Callable[[], None]]:
-    """Start one fake in this process: (the URL the voice process uses, stop)."""
+FakeStarted = tuple[str, Callable[[], None], asyncio.AbstractEventLoop | None]
+
+
+def _start_fake(kind: str, times: ProviderTimes) -> FakeStarted:
+    """Start one fake in this process: the URL the voice process uses, stop, and the event
+    loop that serves it (None: the Groq fake, a thread per request)."""
     if kind == "deepgram":
         speech = len(QUESTION.strip(SILENCE))
         deepgram = ContentDeepgram(KEYS[kind], times.stt_ms, TRANSCRIPT, speech).start()
-        return deepgram.url, deepgram.stop
+        return deepgram.url, deepgram.stop, deepgram.loop
     if kind == "cartesia":
         from scripts.fakes.cartesia_tts import start_fake_cartesia
 
         cartesia = start_fake_cartesia(KEYS[kind], latency_ms=times.tts_ms, chunk_ms=100)
-        return cartesia.url, cartesia.stop
+        return cartesia.url, cartesia.stop, cartesia.loop
     from scripts.fakes.groq_llm import TextReply, start_fake_groq_llm
 
     reply = TextReply(
@@ -251,18 +256,59 @@ def _start_fake(kind: str, times: ProviderTimes) -> tuple[str, Callable[[], None
         token_interval_ms=times.llm_token_ms,
     )
     groq = start_fake_groq_llm(KEYS[kind], lambda body: reply)
-    return groq.url, groq.stop
+    return groq.url, groq.stop, None
+
+
+class LagProbe:
+    """How late a fake gets to run: the worst lateness of a 10 ms sleep since last asked,
+    on the fake's event loop (its pacing of audio and replies waits there) or, for the
+    Groq fake's thread per request, on a thread of its own. Silences and slow clears at
+    the phones are the worker's only if the fakes were on time."""
+
+    PERIOD_S = 0.01
+
+    def __init__(self) -> None:
+        self.worst = 0.0
+
+    def take(self) -> float:
+        worst, self.worst = self.worst, 0.0
+        return worst
+
+    def _note(self, started: float) -> None:
+        self.worst = max(self.worst, time.monotonic() - started - self.PERIOD_S)
+
+    async def on_loop(self) -> None:
+        while True:
+            started = time.monotonic()
+            await asyncio.sleep(self.PERIOD_S)
+            self._note(started)
+
+    def on_thread(self) -> None:
+        while True:
+            started = time.monotonic()
+            time.sleep(self.PERIOD_S)
+            self._note(started)
 
 
 def _fake_process(kind: str, times: ProviderTimes, conn: Connection) -> None:
-    """A child process: one fake until the parent says stop or goes away."""
+    """A child process: one fake until the parent says stop or goes away; "lag" asks for
+    the probe's figure (seconds)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the group: the parent stops us
-    url, stop = _start_fake(kind, times)
+    url, stop, loop = _start_fake(kind, times)
+    probe = LagProbe()
+    probing = None
+    if loop is None:
+        threading.Thread(target=probe.on_thread, name="lag-probe", daemon=True).start()
+    else:
+        probing = asyncio.run_coroutine_threadsafe(probe.on_loop(), loop)
     try:
         conn.send(url)
         with contextlib.suppress(EOFError, OSError):
-            conn.recv()
+            while conn.recv() == "lag":
+                conn.send(probe.take())
     finally:
+        if probing is not None:
+            probing.cancel()
         stop()
 
 
@@ -270,6 +316,13 @@ def _fake_process(kind: str, times: ProviderTimes, conn: Connection) -> None:
 class Fakes:
     urls: dict[str, str]
     pids: dict[str, int]
+    conns: dict[str, Connection]
+
+    def lateness(self) -> dict[str, float]:
+        """Each fake's worst lateness (s) since last asked (`LagProbe`)."""
+        for conn in self.conns.values():
+            conn.send("lag")
+        return {kind: float(conn.recv()) for kind, conn in self.conns.items()}
 
     def env(self) -> dict[str, str]:
         """What points the voice process at the fakes."""
@@ -289,7 +342,7 @@ def fake_providers(times: ProviderTimes) -> Iterator[Fakes]:
     """The three fakes in spawned processes, stopped (then killed if need be) on exit."""
     ctx = multiprocessing.get_context("spawn")
     started: list[tuple[multiprocessing.process.BaseProcess, Connection]] = []
-    urls, pids = {}, {}
+    urls, pids, conns = {}, {}, {}
     try:
         for kind in ("deepgram", "cartesia", "groq"):
             parent, child = ctx.Pipe()
@@ -301,8 +354,8 @@ def fake_providers(times: ProviderTimes) -> Iterator[Fakes]:
             started.append((proc, parent))
             if not parent.poll(60):
                 raise RuntimeError(f"the {kind} fake did not start")
-            urls[kind], pids[kind] = parent.recv(), int(proc.pid or 0)
-        yield Fakes(urls, pids)
+            urls[kind], pids[kind], conns[kind] = parent.recv(), int(proc.pid or 0), parent
+        yield Fakes(urls, pids, conns)
     finally:
         for child_proc, parent in started:
             with contextlib.suppress(OSError):
@@ -1175,6 +1228,7 @@ class StepResult:
     cpu: dict[str, float]
     rss_mb: float
     phone_lag_ms: float  # the phones' own worst lateness sending a frame
+    fake_lag: dict[str, float]  # each fake's worst lateness (LagProbe), s
     gc_stalls: float  # the worker's garbage collections longer than LAG_LIMIT_S
     gc_worst: str  # and the longest one's bucket
     loop_lag: Histogram  # how late the worker's 50 ms probe timer fired (its own share)
@@ -1243,13 +1297,16 @@ def measure_step(
     asked_before, unanswered_before = phones.questions()
     before, arrivals_before = scrape(server), read_arrivals(hooks)
     phones.reset_lateness()
+    fakes = ctx.fakes
+    assert fakes is not None
+    fakes.lateness()
     phones.windows.open(step)
     since, wall_since = time.monotonic(), datetime.now(UTC)
     meter.restart()
     time.sleep(ctx.args.window)
     cpu = meter.percent()
     until, wall_until = time.monotonic(), datetime.now(UTC)
-    phone_lag = phones.send_lateness
+    phone_lag, fake_lag = phones.send_lateness, fakes.lateness()
     after, arrivals = scrape(server), read_arrivals(hooks)
     phones.windows.close()
     time.sleep(GRACE_S)
@@ -1277,6 +1334,7 @@ def measure_step(
         cpu=cpu,
         rss_mb=meter.rss_mb("voice"),
         phone_lag_ms=1000 * phone_lag,
+        fake_lag=fake_lag,
         v2v=ctx.tenant.agent_v2v(wall_since, wall_until),
         answered=1 - unanswered / asked if asked else math.nan,
         questions_per_s=asked / (until - since),
@@ -1393,7 +1451,7 @@ def run_ramp(ctx: Context) -> list[str]:
         f"  relaxed (<= 1% of call-seconds with a frame > 20 ms late, else the same): {relaxed}",
         f"  at the voice process (no frame read > 20 ms after it arrived there, no underrun, "
         f"clears in time; the lag from the phones' stamps not counted): {at_arrival}",
-        "  fakes' CPU per step (% of one core): "
+        "  fakes' CPU per step (% of one core) and (their worst lateness, LagProbe): "
         + "; ".join(f"{r.calls}: {fake_cpu(r)}" for r in results),
         *baseline,
         *profile,
@@ -1485,8 +1543,10 @@ def relay_baseline(ctx: Context, results: list[StepResult]) -> list[str]:
 
 
 def fake_cpu(r: StepResult) -> str:
+    """Each fake's CPU (% of one core) and, in brackets, its worst lateness."""
     return " ".join(
-        f"{k.removeprefix('fake-')} {v:.0f}" for k, v in r.cpu.items() if k.startswith("fake-")
+        f"{kind} {r.cpu.get('fake-' + kind, math.nan):.0f} ({1000 * late:.0f} ms)"
+        for kind, late in r.fake_lag.items()
     )
 
 

@@ -153,6 +153,11 @@ class FakeCartesiaTts:
         return f"http://127.0.0.1:{self._server.port}"
 
     @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The event loop that serves every connection."""
+        return self._server.loop
+
+    @property
     def ws_url(self) -> str:
         return "ws" + self.url.removeprefix("http")
 

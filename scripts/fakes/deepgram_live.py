@@ -92,6 +92,11 @@ class DeepgramLiveFake:
     def url(self) -> str:
         return f"ws://127.0.0.1:{self._server.port}"
 
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The event loop that serves every connection."""
+        return self._server.loop
+
     def start(self) -> DeepgramLiveFake:
         self._server.start()
         return self

@@ -30,7 +30,7 @@ def start_worker(target: Callable[[], None], name: str) -> Worker:
     web processes) a plain greenlet rather than a patched Thread: a call runs half a dozen
     of these for its whole length, and a greenlet is 7 objects for the garbage collector
     to walk against a patched Thread's 34, in every full collection, with every call's
-    audio waiting (README: voice benchmark). Elsewhere a daemon thread."""
+    audio waiting (docs/voice-benchmark-log.md). Elsewhere a daemon thread."""
     from gevent import monkey
 
     if monkey.is_module_patched("threading"):

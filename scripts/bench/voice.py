@@ -268,14 +268,17 @@ class LagProbe:
     PERIOD_S = 0.01
 
     def __init__(self) -> None:
-        self.worst = 0.0
+        self.worst, self.worst_at = 0.0, 0.0  # seconds late, and when (time.time())
 
-    def take(self) -> float:
-        worst, self.worst = self.worst, 0.0
-        return worst
+    def take(self) -> tuple[float, float]:
+        taken = self.worst, self.worst_at
+        self.worst = 0.0
+        return taken
 
     def _note(self, started: float) -> None:
-        self.worst = max(self.worst, time.monotonic() - started - self.PERIOD_S)
+        late = time.monotonic() - started - self.PERIOD_S
+        if late > self.worst:
+            self.worst, self.worst_at = late, time.time()
 
     async def on_loop(self) -> None:
         while True:
@@ -318,11 +321,11 @@ class Fakes:
     pids: dict[str, int]
     conns: dict[str, Connection]
 
-    def lateness(self) -> dict[str, float]:
-        """Each fake's worst lateness (s) since last asked (`LagProbe`)."""
+    def lateness(self) -> dict[str, tuple[float, float]]:
+        """Each fake's worst lateness (s) since last asked, and when (`LagProbe`)."""
         for conn in self.conns.values():
             conn.send("lag")
-        return {kind: float(conn.recv()) for kind, conn in self.conns.items()}
+        return {kind: conn.recv() for kind, conn in self.conns.items()}
 
     def env(self) -> dict[str, str]:
         """What points the voice process at the fakes."""
@@ -1228,7 +1231,7 @@ class StepResult:
     cpu: dict[str, float]
     rss_mb: float
     phone_lag_ms: float  # the phones' own worst lateness sending a frame
-    fake_lag: dict[str, float]  # each fake's worst lateness (LagProbe), s
+    fake_lag: dict[str, tuple[float, float]]  # each fake's worst lateness (s) and when
     gc_stalls: float  # the worker's garbage collections longer than LAG_LIMIT_S
     gc_worst: str  # and the longest one's bucket
     loop_lag: Histogram  # how late the worker's 50 ms probe timer fired (its own share)
@@ -1543,10 +1546,11 @@ def relay_baseline(ctx: Context, results: list[StepResult]) -> list[str]:
 
 
 def fake_cpu(r: StepResult) -> str:
-    """Each fake's CPU (% of one core) and, in brackets, its worst lateness."""
+    """Each fake's CPU (% of one core) and, in brackets, its worst lateness and when."""
     return " ".join(
-        f"{kind} {r.cpu.get('fake-' + kind, math.nan):.0f} ({1000 * late:.0f} ms)"
-        for kind, late in r.fake_lag.items()
+        f"{kind} {r.cpu.get('fake-' + kind, math.nan):.0f} "
+        f"({1000 * late:.0f} ms at {datetime.fromtimestamp(at, UTC):%H:%M:%S})"
+        for kind, (late, at) in r.fake_lag.items()
     )
 
 

@@ -51,7 +51,7 @@ class TurnWriter:
     """Stores the turns of every call in the process, off the audio path: one writer
     greenlet, several turns per INSERT. A turn waits up to `window_s` for others to join
     its statement: one row per INSERT cost ~400 µs of the voice worker's CPU, five ~150 µs
-    each (README: voice benchmark). At most `max_rows` a statement: preparing one is CPU
+    each (docs/voice-benchmark-log.md). At most `max_rows` a statement: preparing one is CPU
     the writer spends without a pause, in which no call's audio moves (2.4 ms for 50 rows,
     18.8 ms for 500, measured against PostgreSQL; the voice benchmark's account caught a
     13.6 ms one at 120 calls). A batch that fails is retried row by row, so one bad row (a call

@@ -7,7 +7,7 @@ from web.gunicorn_common import configure
 
 # Each greenlet would keep the stack it was spawned from (~9 gevent frame objects, and
 # their lists): a call runs about ten long-lived greenlets, and every full garbage
-# collection walks all of them with every call's audio stalled (README: voice benchmark).
+# collection walks all of them with every call's audio stalled (docs/voice-benchmark-log.md).
 gevent.config.track_greenlet_tree = False
 
 _settings = load_settings()

@@ -24,8 +24,9 @@ never sees a partial frame that the fast path also reads.
 Not negotiated: permessage-deflate (see `without_extensions`). Pings: a watchdog (one
 sleeping greenlet per call) pings after `ping_s` with nothing received and, after a second
 quiet period, shuts the socket down: the reader sees EOF, and a write stuck on a peer that
-stopped reading fails instead of hanging the call. Not a socket timeout: gevent arms a timer for every wait of a
-socket that has one, i.e. for each 20 ms frame (7 % of the process's CPU at 80 calls).
+stopped reading fails instead of hanging the call. Not a socket timeout: gevent arms a
+timer for every wait of a socket that has one, i.e. for each 20 ms frame (7 % of the
+process's CPU at 80 calls).
 """
 
 from __future__ import annotations
@@ -349,7 +350,7 @@ def _readiness_wait(sock: Any) -> Callable[[], None] | None:
     a plain socket. Why: gevent's recv() tries the socket before it waits, and Telnyx's
     frames come 20 ms apart, so nearly every try fails (a recvfrom syscall and an
     exception per frame). Waiting first saved ~7 µs of the ~25 µs a read costs here
-    (README: voice benchmark). `_wait`/`_read_event` are gevent's socket internals (its
+    (docs/voice-benchmark-log.md). `_wait`/`_read_event` are gevent's socket internals (its
     own recv uses them); gevent is pinned, and the media socket tests run through them."""
     wait, watcher = getattr(sock, "_wait", None), getattr(sock, "_read_event", None)
     if wait is None or watcher is None:

@@ -4,7 +4,7 @@ sockets that have data and hands each message to its call's handler.
 Why not gevent's own wait: each call's reader waits on its socket's read watcher, so each
 20 ms Telnyx frame of each call costs a turn of the event loop (an epoll_wait, libev's
 prepare and check watchers), a watcher stopped and started, and gevent's socket wrapper:
-~35 µs of CPU a frame, the largest share of an open line's cost (README: voice benchmark).
+~35 µs of CPU a frame, the largest share of an open line's cost (docs/voice-benchmark-log.md).
 Here one plain epoll set holds the media sockets and a repeating hub timer asks it, with no
 wait, which are readable: one epoll_wait per tick for all the calls. A frame waits at most
 one tick longer before it is read.
@@ -12,11 +12,12 @@ one tick longer before it is read.
 Two ways to be served, per socket:
 - `pump(fileno, read)`: the ticker's one pump greenlet calls `read()` for each readable
   socket in turn, so a frame costs no greenlet switch at all (the reader greenlets cost a
-  switch there and back per frame: 15 -> 10.5 µs a frame read at 200 sockets, README). The
-  price: `read()` must never wait, since every pumped call waits behind it. `MediaSocket`
-  pumps only whole data frames, to a handler that only parses and hands audio on (the
-  Deepgram stream's sends have a worker of their own for this); anything else (control
-  frames, the end of the stream, a handler's verdict) hands the socket back to its reader.
+  switch there and back per frame: 15 -> 10.5 µs a frame read at 200 sockets, see
+  docs/voice-benchmark-log.md). The price: `read()` must never wait, since every pumped
+  call waits behind it. `MediaSocket` pumps only whole data frames, to a handler that only
+  parses and hands audio on (the Deepgram stream's sends have a worker of their own for
+  this); anything else (control frames, the end of the stream, a handler's verdict) hands
+  the socket back to its reader.
 - `readable(fileno)`: a `wait()` for the call's own reader greenlet, woken from the timer
   (the slow path: the start of the stream, control frames, closing). A reader that blocks
   (a write lock, say) holds up only its own call.

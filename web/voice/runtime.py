@@ -42,7 +42,7 @@ def freeze_long_lived_objects() -> None:
     walk every call's long-lived objects: 40 ms at 100 calls, up to 100 ms at 160. With 50
     young collections per middle one (100 tried too: middle collections of 18-32 ms) the
     benchmark's windows at 140-180 calls saw at most one pause over 20 ms, and frame lag
-    p99 at 160 calls fell from 188 ms to 45-60 ms (README: voice benchmark).
+    p99 at 160 calls fell from 188 ms to 45-60 ms (docs/voice-benchmark-log.md).
     """
     gc.collect()
     gc.freeze()

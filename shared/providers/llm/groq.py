@@ -192,7 +192,7 @@ class GroqLlm:
             # (`_chunks`). `Stream[ChatCompletionChunk]` would build a model of every token
             # in pure Python (~130 µs against json's ~5 µs, 20-60 a reply), and an SDK
             # `Stream` left unread kept each finished request's ~60 objects alive until a
-            # garbage collection (README: voice benchmark, "Three decoders").
+            # garbage collection (docs/voice-benchmark-log.md, "Three decoders").
             response: httpx.Response = self._client.post(
                 CHAT_COMPLETIONS,
                 body=body,

@@ -10,12 +10,13 @@ per message (5 to 25 a second), not per 20 ms frame.
 Audio per message (Deepgram takes 20-250 ms): `send_ms` (40) while the caller may be
 speaking, `quiet_send_ms` (200) once the line has been quiet (RMS under `SPEECH_RMS`) for
 `HANGOVER_MS`. A send through the SDK's websocket cost ~65 µs under load (framing, a
-getrandom() for the mask, gevent's sendall; `send_binary` saves a quarter of it), a third of the voice worker's CPU at 100 calls
-when every call sent 25 a second, and most of a call's time is the caller listening. The
-first loud frame flushes at once, so speech reaches Deepgram no later than before, and the
-hang-over outlasts endpointing and utterance-end, so turn ends are not delayed either. A
-turn that has ended (speech_final or UtteranceEnd) ends the hang-over there: the 40 ms
-messages after speech were 70 % of a call's sends in the voice benchmark.
+getrandom() for the mask, gevent's sendall; `send_binary` saves a quarter of it), a third
+of the voice worker's CPU at 100 calls when every call sent 25 a second, and most of a
+call's time is the caller listening. The first loud frame flushes at once, so speech
+reaches Deepgram no later than before, and the hang-over outlasts endpointing and
+utterance-end, so turn ends are not delayed either. A turn that has ended (speech_final or
+UtteranceEnd) ends the hang-over there: the 40 ms messages after speech were 70 % of a
+call's sends in the voice benchmark (docs/voice-benchmark-log.md).
 A keep-alive worker sends KeepAlive after `keepalive_s` without audio. Deepgram's messages
 become SttEvents in the SDK websocket's own reader thread (websockets' sync client,
 `deliver_messages`), so `on_event` runs there: a greenlet in the voice process, where the
@@ -57,7 +58,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 BYTES_PER_S = 8000  # μ-law, 8 kHz, mono
-SEND_MS = 40  # audio per message while the caller may be speaking (README: voice benchmark)
+SEND_MS = 40  # audio per message while the caller may be speaking
 QUIET_SEND_MS = 200  # ... and once the line is quiet
 SPEECH_RMS = 200  # about -44 dBFS: telephone line noise is well under it, speech well over
 HANGOVER_MS = 1500  # quiet this long (more than endpointing + utterance end): a quiet line

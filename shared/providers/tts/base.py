@@ -7,7 +7,7 @@ threadpool or on gevent-patched sockets.
 
 Audio is pushed to a sink rather than pulled from an iterator: Cartesia's audio arrives in
 its connection's reader, and handing each chunk from there to another greenlet that pulls
-it cost a greenlet switch and a queue per chunk (~40 µs; README: voice benchmark).
+it cost a greenlet switch and a queue per chunk (~40 µs; docs/voice-benchmark-log.md).
 """
 
 from __future__ import annotations

@@ -381,7 +381,7 @@ class CartesiaTts:
         # 17 still supports but warns about unless this (its documented opt-in) is passed.
         # compression=None: no permessage-deflate. Base64 μ-law barely compresses, and
         # inflating every audio message was ~2.5 % of the voice worker's CPU at 100 calls
-        # (zlib plus websockets' extension code; README: voice benchmark).
+        # (zlib plus websockets' extension code; docs/voice-benchmark-log.md).
         options: dict[str, Any] = {"open_timeout": timeout, "legacy": True, "compression": None}
         if self._secure:
             options["ssl"] = client_context()  # not a new TLS context per call

@@ -262,18 +262,27 @@ def _start_fake(kind: str, times: ProviderTimes) -> FakeStarted:
 class LagProbe:
     """How late a fake gets to run: the worst lateness of a 10 ms sleep since last asked,
     on the fake's event loop (its pacing of audio and replies waits there) or, for the
-    Groq fake's thread per request, on a thread of its own. Silences and slow clears at
-    the phones are the worker's only if the fakes were on time."""
+    Groq fake's thread per request, on a thread of its own; and the fake's longest garbage
+    collection. Silences and slow clears at the phones are the worker's only if the fakes
+    were on time."""
 
     PERIOD_S = 0.01
 
     def __init__(self) -> None:
         self.worst, self.worst_at = 0.0, 0.0  # seconds late, and when (time.time())
+        self.worst_gc, self._gc_started = 0.0, 0.0
+        gc.callbacks.append(self._on_gc)
 
-    def take(self) -> tuple[float, float]:
-        taken = self.worst, self.worst_at
-        self.worst = 0.0
+    def take(self) -> tuple[float, float, float]:
+        taken = self.worst, self.worst_at, self.worst_gc
+        self.worst = self.worst_gc = 0.0
         return taken
+
+    def _on_gc(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._gc_started = time.perf_counter()
+        else:
+            self.worst_gc = max(self.worst_gc, time.perf_counter() - self._gc_started)
 
     def _note(self, started: float) -> None:
         late = time.monotonic() - started - self.PERIOD_S
@@ -321,8 +330,9 @@ class Fakes:
     pids: dict[str, int]
     conns: dict[str, Connection]
 
-    def lateness(self) -> dict[str, tuple[float, float]]:
-        """Each fake's worst lateness (s) since last asked, and when (`LagProbe`)."""
+    def lateness(self) -> dict[str, tuple[float, float, float]]:
+        """Each fake's worst lateness (s) since last asked, when, and its longest garbage
+        collection (s) (`LagProbe`)."""
         for conn in self.conns.values():
             conn.send("lag")
         return {kind: conn.recv() for kind, conn in self.conns.items()}
@@ -1231,7 +1241,7 @@ class StepResult:
     cpu: dict[str, float]
     rss_mb: float
     phone_lag_ms: float  # the phones' own worst lateness sending a frame
-    fake_lag: dict[str, tuple[float, float]]  # each fake's worst lateness (s) and when
+    fake_lag: dict[str, tuple[float, float, float]]  # see Fakes.lateness
     gc_stalls: float  # the worker's garbage collections longer than LAG_LIMIT_S
     gc_worst: str  # and the longest one's bucket
     loop_lag: Histogram  # how late the worker's 50 ms probe timer fired (its own share)
@@ -1547,11 +1557,13 @@ def relay_baseline(ctx: Context, results: list[StepResult]) -> list[str]:
 
 
 def fake_cpu(r: StepResult) -> str:
-    """Each fake's CPU (% of one core) and, in brackets, its worst lateness and when."""
+    """Each fake's CPU (% of one core) and, in brackets, its worst lateness, when, and its
+    longest garbage collection."""
     return " ".join(
         f"{kind} {r.cpu.get('fake-' + kind, math.nan):.0f} "
-        f"({1000 * late:.0f} ms at {datetime.fromtimestamp(at, UTC):%H:%M:%S})"
-        for kind, (late, at) in r.fake_lag.items()
+        f"({1000 * late:.0f} ms at {datetime.fromtimestamp(at, UTC):%H:%M:%S}, "
+        f"gc {1000 * collection:.0f} ms)"
+        for kind, (late, at, collection) in r.fake_lag.items()
     )
 
 

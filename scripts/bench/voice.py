@@ -307,6 +307,15 @@ def _fake_process(kind: str, times: ProviderTimes, conn: Connection) -> None:
     the probe's figure (seconds)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the group: the parent stops us
     url, stop, loop = _start_fake(kind, times)
+    # No full collections in the fakes: they walked what the process imported (this module
+    # pulls in SQLAlchemy, the models and the SDKs: ~110k objects, frozen here) and what the
+    # fakes record of every call, 65 ms of CPU on this VM and 100-200 ms of the fake's loop
+    # when its core was contended: late audio and slow clears charged to the voice process.
+    # Young and middle collections still free the short-lived cycles; a run lasts minutes.
+    gc.collect()
+    gc.freeze()
+    young, middle, _ = gc.get_threshold()
+    gc.set_threshold(young, middle, 1_000_000_000)
     probe = LagProbe()
     probing = None
     if loop is None:

@@ -1739,7 +1739,29 @@ def account_worker(directory: Path, seconds: float, calls: int) -> list[str]:
         lines
         + stall_lines(account.get("stalls", []), span)
         + long_run_lines(account.get("long_runs", []), span)
+        + census_lines(directory, calls)
     )
+
+
+def census_lines(directory: Path, calls: int, top: int = 20) -> list[str]:
+    """What a full collection in the worker walks, by type, per call (worker_hooks)."""
+    (directory / "census.json").unlink(missing_ok=True)
+    (directory / "census").touch()
+    deadline = time.monotonic() + 10
+    while not (directory / "census.json").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    try:
+        found = json.loads((directory / "census.json").read_text())
+    except (OSError, ValueError) as exc:
+        return [f"  census: no data ({exc})"]
+    total, by_type = found["total"], found["by_type"]
+    lines = [
+        f"  the oldest generation at {calls} calls (what a full collection walks): "
+        f"{total:,} objects, {total / calls:.0f} a call; the most common types, a call:"
+    ]
+    for name, count in sorted(by_type.items(), key=lambda kv: -kv[1])[:top]:
+        lines.append(f"    {count / calls:7.1f}  {name}")
+    return lines
 
 
 def long_run_lines(runs: list[dict[str, Any]], span: float) -> list[str]:

@@ -29,6 +29,11 @@ that waits through one is late.
 
 On while the file `on` exists there; the totals so far are written to `account.json` every
 0.2 s while on.
+
+**A census of the oldest generation** (with the account, once, when the file `census`
+appears): the objects a full collection walks (the frozen start-up objects left out), by
+type, in `census.json`. Taking it holds the interpreter for about as long as a full
+collection, so the benchmark asks for it after a window, never in one.
 """
 
 from __future__ import annotations
@@ -229,6 +234,19 @@ class Arrivals:
         }
 
 
+def census() -> dict[str, Any]:
+    """The oldest generation's objects by type (what a full collection walks)."""
+    counts: dict[str, int] = {}
+    objects = gc.get_objects(generation=2)
+    for obj in objects:
+        kind = type(obj)
+        name = f"{kind.__module__}.{kind.__qualname__}"
+        if kind is list:  # by what they hold, the most common container by far
+            name += f"[{type(obj[0]).__qualname__}]" if obj else "[] (empty)"
+        counts[name] = counts.get(name, 0) + 1
+    return {"total": len(objects), "by_type": counts}
+
+
 def _write(path: str, value: dict[str, Any]) -> None:
     with open(path + ".tmp", "w") as f:
         json.dump(value, f)
@@ -245,12 +263,17 @@ def _install(directory: str) -> None:
     arrivals, account = Arrivals(RECV_BYTES), Account() if os.environ.get("BENCH_ACCOUNT") else None
     flag, out = os.path.join(directory, "on"), os.path.join(directory, "account.json")
 
+    asked = os.path.join(directory, "census")
+
     def control() -> None:  # an OS thread: it must not switch greenlets
         while True:
             time.sleep(0.2)
             _write(os.path.join(directory, "arrivals.json"), arrivals.snapshot())
             if account is None:
                 continue
+            if os.path.exists(asked):
+                _write(os.path.join(directory, "census.json"), census())
+                os.unlink(asked)
             if os.path.exists(flag):
                 if not account.on:
                     account.start()

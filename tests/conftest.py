@@ -3,6 +3,7 @@ REDIS_URL name). Each test runs inside a transaction that is rolled back at its 
 
 from __future__ import annotations
 
+import gc
 import subprocess
 import sys
 import time
@@ -186,6 +187,18 @@ def run_fresh(script: str, *args: str, timeout: float = 60) -> str:
     )
     assert done.returncode == 0, done.stderr[-2000:]
     return done.stdout
+
+
+@contextmanager
+def no_automatic_collections() -> Iterator[None]:
+    """As in the voice worker during calls (web/voice/gc_policy.py): only reference
+    counting frees anything, so what ends in a reference cycle stays."""
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
 
 
 def poll_until(condition: Callable[[], bool], seconds: float = 2.0) -> bool:

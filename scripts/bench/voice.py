@@ -629,6 +629,28 @@ def read_arrivals(hooks: Path) -> dict[str, Histogram]:
     return histograms
 
 
+def read_collections(hooks: Path) -> list[list[float]]:
+    """The worker hooks' garbage collections so far, per generation: [collections, objects
+    freed, seconds, longest seconds]."""
+    try:
+        found: list[list[float]] = json.loads((hooks / "arrivals.json").read_text())["gc"]
+    except (OSError, ValueError, KeyError):
+        return [[0, 0, 0.0, 0.0] for _ in range(3)]
+    return found
+
+
+def collections_delta(before: list[list[float]], after: list[list[float]]) -> str:
+    """One window's collections, e.g. 'gen0 812 x, 0 freed, 190 ms (max 1.2); ...'. The
+    longest is over the run so far (a maximum has no delta)."""
+    parts = []
+    for generation, (b, a) in enumerate(zip(before, after, strict=True)):
+        parts.append(
+            f"gen{generation} {a[0] - b[0]:.0f}x freed {a[1] - b[1]:.0f} "
+            f"{1000 * (a[2] - b[2]):.0f} ms (longest so far {1000 * a[3]:.1f})"
+        )
+    return "; ".join(parts)
+
+
 def scrape(server: VoiceServer) -> dict[str, Any]:
     """Histograms by name and counters (name{labels} → value), read from the worker's
     Prometheus files rather than GET /metrics: serving a scrape stalls the hub for a few ms,
@@ -1251,6 +1273,7 @@ class StepResult:
     rss_mb: float
     phone_lag_ms: float  # the phones' own worst lateness sending a frame
     fake_lag: dict[str, tuple[float, float, float]]  # see Fakes.lateness
+    collections: str  # the worker's, see collections_delta
     gc_stalls: float  # the worker's garbage collections longer than LAG_LIMIT_S
     gc_worst: str  # and the longest one's bucket
     loop_lag: Histogram  # how late the worker's 50 ms probe timer fired (its own share)
@@ -1318,6 +1341,7 @@ def measure_step(
     time.sleep(ctx.args.settle)
     asked_before, unanswered_before = phones.questions()
     before, arrivals_before = scrape(server), read_arrivals(hooks)
+    collections_before = read_collections(hooks)
     phones.reset_lateness()
     fakes = ctx.fakes
     assert fakes is not None
@@ -1330,6 +1354,7 @@ def measure_step(
     until, wall_until = time.monotonic(), datetime.now(UTC)
     phone_lag, fake_lag = phones.send_lateness, fakes.lateness()
     after, arrivals = scrape(server), read_arrivals(hooks)
+    collections = collections_delta(collections_before, read_collections(hooks))
     phones.windows.close()
     time.sleep(GRACE_S)
     lag = histogram_delta(before, after, "voice_inbound_frame_lag_seconds")
@@ -1357,6 +1382,7 @@ def measure_step(
         rss_mb=meter.rss_mb("voice"),
         phone_lag_ms=1000 * phone_lag,
         fake_lag=fake_lag,
+        collections=collections,
         v2v=ctx.tenant.agent_v2v(wall_since, wall_until),
         answered=1 - unanswered / asked if asked else math.nan,
         questions_per_s=asked / (until - since),
@@ -1443,8 +1469,12 @@ def run_ramp(ctx: Context) -> list[str]:
                 ):
                     log("  far past capacity: ramp stopped")
                     break
+            leftover = full_collection_line(hooks, phones.count())
         finally:
+            time.sleep(0.5)  # the hooks' tally is rewritten every 0.2 s
+            hung_up, collections_before = phones.count(), read_collections(hooks)
             phones.hang_up()
+        leftover += "\n" + hung_up_line(hooks, collections_before, hung_up)
     baseline = relay_baseline(ctx, results) if args.relay_streams else []
     best, strict = capacity(results, lambda r: r.ok)
     _, relaxed = capacity(results, lambda r: r.ok_relaxed)
@@ -1476,6 +1506,9 @@ def run_ramp(ctx: Context) -> list[str]:
         f"clears in time; the lag from the phones' stamps not counted): {at_arrival}",
         "  fakes' CPU per step (% of one core) and (their worst lateness, LagProbe): "
         + "; ".join(f"{r.calls}: {fake_cpu(r)}" for r in results),
+        "  the worker's garbage collections per window (hooks):",
+        *[f"    {r.calls}: {r.collections}" for r in results],
+        leftover,
         *baseline,
         *profile,
     ]
@@ -1741,6 +1774,42 @@ def account_worker(directory: Path, seconds: float, calls: int) -> list[str]:
         + long_run_lines(account.get("long_runs", []), span)
         + census_lines(directory, calls)
     )
+
+
+def full_collection_line(directory: Path, calls: int) -> str:
+    """Ask the worker hooks for one full collection now, with every call still up: the
+    cyclic garbage left since the last one (all of the run's, where the worker runs none
+    of its own during calls)."""
+    (directory / "collected.json").unlink(missing_ok=True)
+    (directory / "collect").touch()
+    deadline = time.monotonic() + 10
+    while not (directory / "collected.json").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    try:
+        found = json.loads((directory / "collected.json").read_text())
+    except (OSError, ValueError) as exc:
+        return f"  a full collection after the last window: no data ({exc})"
+    return (
+        f"  a full collection after the last window, {calls} calls up: walked "
+        f"{found['walked']:,} objects, freed {found['freed']:,}, "
+        f"{1000 * found['seconds']:.0f} ms with the GIL held"
+    )
+
+
+def hung_up_line(directory: Path, before: list[list[float]], calls: int) -> str:
+    """What the calls just hung up left to a full collection: the worker runs one itself
+    once no call is up (web/voice/gc_policy.py); its count is read off the hooks' tally."""
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        after = read_collections(directory)
+        if after[2][0] > before[2][0]:
+            freed, took = after[2][1] - before[2][1], after[2][2] - before[2][2]
+            return (
+                f"  the worker's own full collection after {calls} calls hung up: freed "
+                f"{freed:,.0f} objects ({freed / max(calls, 1):.0f} a call), {1000 * took:.0f} ms"
+            )
+        time.sleep(0.2)
+    return f"  no full collection in the worker within 15 s of {calls} calls hanging up"
 
 
 def census_lines(directory: Path, calls: int, top: int = 20) -> list[str]:

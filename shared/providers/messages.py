@@ -117,6 +117,14 @@ def _drain(frames: queue.SimpleQueue[Frame | None]) -> list[Frame]:
         return drained
 
 
+def _ignore_message(message: bytes, text: bool) -> None:
+    pass
+
+
+def _ignore_end(reason: BaseException) -> None:
+    pass
+
+
 class _Forward:
     """The replaced assembler's queue: a reader thread that was already in its `put()`
     (waiting for its lock) hands its frame on instead of leaving it there."""
@@ -132,7 +140,9 @@ class _Delivery:
     """What `deliver_messages` puts in place of the connection's assembler."""
 
     def __init__(self, connection: Connection, on_message: OnMessage, on_end: OnEnd) -> None:
-        self._connection = connection
+        # The protocol, not the connection, which keeps this as its `recv_messages`: a
+        # cycle with the whole stream behind it, for the full collection to find.
+        self._protocol = connection.protocol
         self._on_message = on_message
         self._on_end = on_end
         self._fragments: list[bytes] = []
@@ -165,7 +175,7 @@ class _Delivery:
     def close(self) -> None:
         """The stream has ended (websockets calls this holding the connection's lock, so
         `on_end`, which may close the connection, runs in a worker of its own)."""
-        self._end(self._connection.protocol.close_exc)
+        self._end(self._protocol.close_exc)
 
     def get(self, *args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("this connection's messages go to a handler (deliver_messages)")
@@ -177,4 +187,13 @@ class _Delivery:
             if self._ended:
                 return
             self._ended = True
-        start_worker(functools.partial(self._on_end, reason), "websocket-end")
+        start_worker(functools.partial(self._finish, reason), "websocket-end")
+
+    def _finish(self, reason: BaseException) -> None:
+        try:
+            self._on_end(reason)
+        finally:
+            # The handlers' owner keeps the connection, which keeps this: a cycle for the
+            # full collection to find, with the whole stream behind it, unless the
+            # handlers go (web/voice/gc_policy.py).
+            self._on_message, self._on_end = _ignore_message, _ignore_end

@@ -123,6 +123,11 @@ class CallLoop:
         gevent.killall(self.greenlets, block=True, timeout=2)
         self.providers.close()
         self.sink.close(timeout=5)
+        # Nothing of the call runs past here: drop what points back at the loop (the STT
+        # stream holds its handlers; a killed greenlet's GreenletExit holds the frames it
+        # stopped in), so the call's objects are freed by reference counting now rather
+        # than by the next full collection (web/voice/gc_policy.py).
+        self.stt, self.responder, self.greenlets = None, None, []
 
     # -- inbound frames (from the read ticker's pump or the reader: must never wait) ---
     def feed(self, frame: tm.Frame) -> None:

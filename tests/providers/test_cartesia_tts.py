@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
+import weakref
 from collections.abc import Iterator
 
 import pytest
@@ -21,7 +22,7 @@ from scripts.fakes.cartesia_tts import (
 from shared.config import Settings
 from shared.providers.tts.cartesia import CartesiaTts, CartesiaTtsError
 from shared.resilience import ProviderUnavailable, guard
-from tests.conftest import poll_until, run_fresh
+from tests.conftest import no_automatic_collections, poll_until, run_fresh
 from tests.providers.playing import Player, collect
 
 FORMAT = {"container": "raw", "encoding": "pcm_mulaw", "sample_rate": 8000}
@@ -195,6 +196,18 @@ def test_a_server_that_goes_silent_times_out(fake: FakeCartesiaTts) -> None:
     with pytest.raises(CartesiaTtsError, match="no reply"):
         collect(turn)
     tts.close()
+
+
+def test_a_closed_connection_is_freed_by_reference_counting(fake: FakeCartesiaTts) -> None:
+    """The voice worker runs no full collection while calls are up: a connection left in a
+    reference cycle (the SDK's and its manager's, ours and websockets') would keep its
+    socket and buffers until one ran."""
+    with no_automatic_collections():
+        tts = provider(fake.url)
+        speak(tts, "Hello there.")
+        left = weakref.ref(tts._connection)  # type: ignore[arg-type]
+        tts.close()
+        assert poll_until(lambda: left() is None), "the closed connection is still referenced"
 
 
 def test_an_unreachable_server_is_provider_unavailable_after_retries() -> None:

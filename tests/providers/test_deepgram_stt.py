@@ -9,6 +9,7 @@ import socket
 import textwrap
 import threading
 import time
+import weakref
 from collections.abc import Iterator
 
 import pytest
@@ -18,7 +19,7 @@ from shared.config import load_settings
 from shared.providers.stt.base import SttEvent, SttEventKind
 from shared.providers.stt.deepgram import DeepgramStream, DeepgramStreamError, DeepgramStt
 from shared.resilience import ProviderUnavailable, guard
-from tests.conftest import poll_until, run_fresh
+from tests.conftest import no_automatic_collections, poll_until, run_fresh
 
 FRAME = 160  # 20 ms of 8 kHz μ-law
 QUESTION = "When are you open on Saturday?"
@@ -202,6 +203,20 @@ def test_close_sends_close_stream_and_delivers_the_results_still_pending() -> No
     assert session.control_types() == ["CloseStream"]
     assert len(session.audio) == 1.2 * 8000
     assert [e.text for e in events.of(SttEventKind.END_OF_TURN)] == [QUESTION]
+
+
+def test_a_closed_stream_is_freed_by_reference_counting(fake: DeepgramLiveFake) -> None:
+    """The voice worker runs no full collection while calls are up: a stream left in a
+    reference cycle would keep its socket and buffers until one ran."""
+    with no_automatic_collections():
+        events = Events()
+        stream = provider(fake.url).open("en-US", events, on_error=events)
+        send_audio(stream, 0.3)
+        stream.close()
+        left = weakref.ref(stream)
+        del stream
+        # websockets' reader (a thread here) lets go of it once it has seen the close
+        assert poll_until(lambda: left() is None), "the closed stream is still referenced"
 
 
 def test_nothing_listening_is_provider_unavailable_after_the_guards_retries(

@@ -1,9 +1,11 @@
 """The call loop with scripted providers: what a turn records when the socket goes first
-under the playout (its send fails) rather than under the reader."""
+under the playout (its send fails) rather than under the reader, and that a closed loop
+is freed by reference counting."""
 
 from __future__ import annotations
 
 import json
+import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -14,6 +16,7 @@ from shared.voice import telnyx_media as tm
 from shared.voice.call_loop import CallLoop, CallSetup
 from shared.voice.recorder import TurnRecord
 from shared.voice.stages import CallProviders, Stage
+from tests.conftest import no_automatic_collections
 
 WORDS = "one two three four five six seven eight nine ten"
 AUDIO = b"\x7f" * 8000  # one second: ten 100 ms chunks
@@ -62,6 +65,17 @@ class SilentStt:
         """Nothing to close."""
 
 
+class ListeningStt(SilentStt):
+    """Keeps the loop's handlers, as a real stream does (one per call)."""
+
+    handlers: tuple[Any, Any] = (None, None)
+
+    def open(self, language: str, on_event: Any, *, on_error: Any = None) -> ListeningStt:
+        stream = ListeningStt()
+        stream.handlers = (on_event, on_error)
+        return stream
+
+
 class NeutralSentiment:
     name = "neutral"
 
@@ -104,12 +118,11 @@ def stage(kind: str, provider: Any) -> Stage[Any]:
     return Stage(kind, provider, provider)
 
 
-def test_a_send_failing_before_the_reader_sees_the_drop_records_the_turn_as_cut_off() -> None:
-    socket, records = DroppingSocket(), Records()
-    loop = CallLoop(
-        send=socket,
+def call_loop(send: tm.Sender, records: Records, stt: Any) -> CallLoop:
+    return CallLoop(
+        send=send,
         providers=CallProviders(
-            stt=stage("stt", SilentStt()),
+            stt=stage("stt", stt),
             tts=stage("tts", ScriptedTts()),
             llm=stage("llm", ScriptedLlm()),
             sentiment=stage("sentiment", NeutralSentiment()),
@@ -119,6 +132,11 @@ def test_a_send_failing_before_the_reader_sees_the_drop_records_the_turn_as_cut_
         on_end_call=lambda: None,
         on_transfer=lambda to: None,
     )
+
+
+def test_a_send_failing_before_the_reader_sees_the_drop_records_the_turn_as_cut_off() -> None:
+    socket, records = DroppingSocket(), Records()
+    loop = call_loop(socket, records, SilentStt())
     socket.loop = loop
     loop.start()
     with gevent.Timeout(5):
@@ -130,3 +148,21 @@ def test_a_send_failing_before_the_reader_sees_the_drop_records_the_turn_as_cut_
     assert greeting.speaker == "agent"
     assert greeting.interrupted
     assert greeting.text == "one"  # the first 100 ms of one second: a tenth of the words
+
+
+def test_a_closed_loop_is_freed_by_reference_counting() -> None:
+    """The voice worker runs no full collection while calls are up: a call's objects left
+    in a reference cycle (its STT stream holds the loop's handlers, a killed greenlet the
+    frames it stopped in) would stay until one ran."""
+    with no_automatic_collections():
+        sent: list[tuple[str, ...]] = []
+        loop = call_loop(lambda *messages: sent.append(messages), Records(), ListeningStt())
+        loop.start()
+        with gevent.Timeout(5):
+            while not sent:  # the greeting is playing
+                gevent.sleep(0.01)
+        loop.close()
+        left = weakref.ref(loop)
+        del loop
+        gevent.sleep(0.05)  # the hub lets go of the killed greenlets
+        assert left() is None, "the closed loop is still referenced"

@@ -76,11 +76,13 @@ def _serve(runtime: VoiceRuntime, ws: MediaSocket) -> None:
         config=runtime.loop_config,
     )
     VOICE_ACTIVE_CALLS.inc()
+    runtime.calls.start()
     try:
         loop.start()
         _read(ws, loop, str(start.call_id))
     finally:
         loop.close()
+        runtime.calls.end()
         VOICE_ACTIVE_CALLS.dec()
         log.info("media stream ended", extra={"call_id": str(start.call_id)})
 

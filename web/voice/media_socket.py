@@ -80,6 +80,24 @@ def without_extensions(app: Callable[..., Any]) -> Callable[..., Any]:
     return middleware
 
 
+# What flask-sock reads of its Server after the handler returns: its `ws.close()` (which
+# sends nothing once `connected` is false) and the response it returns (`mode`).
+FLASK_SOCK_READS = ("mode", "close_reason", "close_message")
+
+
+def _hand_back(ws: Any) -> None:
+    """Give flask-sock back a Server holding only what it still reads, `connected` false.
+
+    Why: flask-sock keeps the Server in a class it makes for each connection (its
+    response's `__call__` closes over it), and a class is always in a reference cycle (its
+    `__mro__` holds it). The Server holds the request's environ, gunicorn's request,
+    parser and socket, and wsproto's state: ~60 objects a call that would stay until a full
+    collection, which the voice worker runs only when idle (gc_policy.py)."""
+    kept = {name: ws.__dict__[name] for name in FLASK_SOCK_READS if name in ws.__dict__}
+    ws.__dict__.clear()
+    ws.__dict__.update(kept, connected=False)
+
+
 class MediaSocket:
     """One accepted websocket (`ws`: flask-sock's simple_websocket.Server, reader unstarted).
 
@@ -187,8 +205,7 @@ class MediaSocket:
             if self._protocol.state is State.OPEN:
                 self._protocol.send_close(code, reason)
                 self._flush(quiet=True)
-        # flask-sock calls ws.close() after the handler: nothing more is to be sent.
-        self._ws.connected = False
+        _hand_back(self._ws)
 
     # -- reading -------------------------------------------------------------------------
     def _recv(self, timeout: float | None) -> bytes | None:

@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
-import gc
 import logging
 import threading
 import time
-from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
 
 import dramatiq
 import gevent
@@ -18,7 +14,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from shared import realtime
 from shared.background import start_worker
 from shared.config import Settings
-from shared.observability.metrics import VOICE_GC_PAUSE, VOICE_LOOP_LAG
+from shared.observability.metrics import VOICE_LOOP_LAG
 from shared.providers.registry import ProviderSet
 from shared.queue.broker import enqueue
 from shared.queue.tasks import CALL_CONTROL
@@ -26,78 +22,10 @@ from shared.services.call_context import CallStart
 from shared.voice.call_loop import LoopConfig
 from shared.voice.recorder import TurnWriter
 from shared.voice.stages import CallProviders
+from web.voice.gc_policy import CallCount, run_full_collections, watch_gc_pauses
 from web.voice.read_ticker import ReadTicker, read_ticker, wait_provider_sockets
 
 log = logging.getLogger(__name__)
-
-
-def freeze_long_lived_objects() -> None:
-    """Move everything alive now (the loaded models: ~160k objects) out of the garbage
-    collector's reach. Otherwise every full collection walks them all, ~120 ms with the
-    GIL held: a stall of every call's audio in the process.
-
-    Then promote less: with the default thresholds (700, 10, 10) a middle-generation
-    collection runs every ~7,000 allocations, a few ms at 100 calls, so a reply's objects
-    (they live seconds) reach the oldest generation and set off full collections, which
-    walk every call's long-lived objects: 40 ms at 100 calls, up to 100 ms at 160. With 50
-    young collections per middle one (100 tried too: middle collections of 18-32 ms) the
-    benchmark's windows at 140-180 calls saw at most one pause over 20 ms, and frame lag
-    p99 at 160 calls fell from 188 ms to 45-60 ms (docs/voice-benchmark-log.md).
-    """
-    gc.collect()
-    gc.freeze()
-    young, _, oldest = gc.get_threshold()
-    gc.set_threshold(young, 50, oldest)
-
-
-class GcPauses:
-    """Times every collection for `voice_gc_pause_seconds` (a full collection walks every
-    call's long-lived objects, ~600 a call, with all audio waiting), and observes the
-    times later, in `flush()`, never in the gc callback itself. A collection starts inside
-    whichever allocation set it off, which can be inside prometheus_client's update of a
-    value, under its non-reentrant lock: observing from the callback then waited on that
-    lock forever, and with it every greenlet that touched a metric. The benchmark caught
-    the voice process frozen so: every call silent, the worker's CPU at 0."""
-
-    def __init__(self) -> None:
-        self._started = 0.0
-        # The callback only appends (no lock; a float is not even tracked by the
-        # collector); at most a few seconds of pauses wait here for flush().
-        self._pauses: deque[float] = deque(maxlen=4096)
-        self._stopped = threading.Event()
-
-    def on_gc(self, phase: str, info: dict[str, Any]) -> None:
-        if phase == "start":
-            self._started = time.perf_counter()
-        else:
-            self._pauses.append(time.perf_counter() - self._started)
-
-    def flush(self) -> None:
-        while True:
-            try:  # popleft alone: a flush running beside this one may take the last
-                pause = self._pauses.popleft()
-            except IndexError:
-                return
-            VOICE_GC_PAUSE.observe(pause)
-
-    def flush_until_closed(self, interval_s: float) -> None:
-        while not self._stopped.wait(interval_s):
-            self.flush()
-
-    def close(self) -> None:
-        """Stop timing (the callback leaves `gc.callbacks`) and stop the flushing."""
-        with contextlib.suppress(ValueError):
-            gc.callbacks.remove(self.on_gc)
-        self._stopped.set()
-        self.flush()
-
-
-def watch_gc_pauses(flush_s: float = 1.0) -> GcPauses:
-    """Time every collection from now on; observed every `flush_s` by a background worker."""
-    pauses = GcPauses()
-    gc.callbacks.append(pauses.on_gc)
-    start_worker(lambda: pauses.flush_until_closed(flush_s), "gc-pauses")
-    return pauses
 
 
 class LoopLag:
@@ -137,6 +65,7 @@ class VoiceRuntime:
     broker: dramatiq.Broker
     loop_config: LoopConfig
     ready: bool = False  # local models loaded: calls answer without a cold start
+    calls: CallCount = field(default_factory=CallCount)  # full collections wait for none up
     turns: TurnWriter = field(init=False)  # every call's turns, stored off the audio path
     _ticker: ReadTicker | None = field(init=False, default=None)
 
@@ -164,7 +93,7 @@ class VoiceRuntime:
             # Model loading is CPU work in C: an OS thread of the hub's pool keeps the
             # hub (and any early call) responsive meanwhile.
             gevent.get_hub().threadpool.spawn(self.providers.warm_up).get()
-            freeze_long_lived_objects()
+            run_full_collections(self.calls)
             watch_gc_pauses()
             watch_loop_lag()
             self.ready = True

@@ -34,6 +34,10 @@ On while the file `on` exists there; the totals so far are written to `account.j
 appears): the objects a full collection walks (the frozen start-up objects left out), by
 type, in `census.json`. Taking it holds the interpreter for about as long as a full
 collection, so the benchmark asks for it after a window, never in one.
+
+**Garbage collections** (always on): per generation, how many, what they freed and how
+long they took, in `arrivals.json`; and one full collection on request (the file
+`collect`, answered in `collected.json`): what the run left for it to free.
 """
 
 from __future__ import annotations
@@ -228,10 +232,32 @@ class Arrivals:
 
     def snapshot(self) -> dict[str, Any]:
         return {
+            "gc": COLLECTIONS.counts,
             "buckets_s": ARRIVAL_BUCKETS_S,
             "waits": self.waits.counts,
             "gaps": self.gaps.counts,
         }
+
+
+class Collections:
+    """Per generation: collections, objects they freed (cyclic garbage) and their wall
+    time, total and longest. What a full collection frees is what a worker that never ran
+    one would keep."""
+
+    def __init__(self) -> None:
+        self.started = 0.0
+        self.counts = [[0, 0, 0.0, 0.0] for _ in range(3)]  # n, collected, seconds, max
+
+    def callback(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self.started = time.perf_counter()
+            return
+        took = time.perf_counter() - self.started
+        row = self.counts[info["generation"]]
+        row[0] += 1
+        row[1] += info["collected"]
+        row[2] += took
+        row[3] = max(row[3], took)
 
 
 def census() -> dict[str, Any]:
@@ -247,9 +273,20 @@ def census() -> dict[str, Any]:
     return {"total": len(objects), "by_type": counts}
 
 
+COLLECTIONS = Collections()
+
+
+def full_collection() -> dict[str, Any]:
+    """One full collection, now: what it walked and freed, and how long it held the GIL."""
+    walked = len(gc.get_objects(generation=2)) + sum(gc.get_count()[:2])
+    started = time.perf_counter()
+    freed = gc.collect()
+    return {"walked": walked, "freed": freed, "seconds": time.perf_counter() - started}
+
+
 def _write(path: str, value: dict[str, Any]) -> None:
-    with open(path + ".tmp", "w") as f:
-        json.dump(value, f)
+    with open(path + ".tmp", "w") as f:  # dumps: json.dump's pure-Python encoder leaves cycles
+        f.write(json.dumps(value))
     os.replace(path + ".tmp", path)
 
 
@@ -264,11 +301,15 @@ def _install(directory: str) -> None:
     flag, out = os.path.join(directory, "on"), os.path.join(directory, "account.json")
 
     asked = os.path.join(directory, "census")
+    collect = os.path.join(directory, "collect")
 
     def control() -> None:  # an OS thread: it must not switch greenlets
         while True:
             time.sleep(0.2)
             _write(os.path.join(directory, "arrivals.json"), arrivals.snapshot())
+            if os.path.exists(collect):
+                _write(os.path.join(directory, "collected.json"), full_collection())
+                os.unlink(collect)
             if account is None:
                 continue
             if os.path.exists(asked):
@@ -298,6 +339,7 @@ def _install(directory: str) -> None:
         account.pumped(time.thread_time() - cpu)
 
     ReadTicker._round = counted_round  # type: ignore[method-assign]
+    gc.callbacks.append(COLLECTIONS.callback)
     if account is not None:
         greenlet.settrace(account.switch)
         gc.callbacks.append(account.collection)

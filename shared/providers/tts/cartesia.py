@@ -104,6 +104,11 @@ class _Connection:
             self.sdk.close()
         except Exception:
             log.debug("closing the Cartesia websocket failed", exc_info=True)
+        # The SDK's connection and its manager refer to each other (the manager is how the
+        # SDK would reconnect, which `alive` keeps it from ever doing here): a cycle that
+        # only a full collection would free, with the websocket behind it
+        # (web/voice/gc_policy.py).
+        self.sdk._manager = None
 
     def _on_message(self, raw: bytes, text: bool) -> None:
         # Decoded here, not by the SDK's `parse_event`: its model of every audio chunk is

@@ -10,7 +10,10 @@ is freed by reference counting the moment it is dropped. So the worker runs the 
 collections itself, when no call is up to wait on them, and the interpreter runs only the
 young and middle ones (a few ms each). The cyclic garbage that reaches the oldest
 generation meanwhile stays until the next idle moment, or `FULL_AT_LEAST_EVERY_S` at
-the latest (one stall then, on a worker that never idles).
+the latest (one stall then, on a worker that never idles). For memory to stay flat
+meanwhile, a hung-up call must leave no reference cycles behind: ~10 objects a call do
+(flask-sock's per-connection class), where ~425 did before the cycles were broken
+(`CallLoop.close`, `shared/providers/messages.py`, the Cartesia connection, `MediaSocket`).
 """
 
 from __future__ import annotations
@@ -32,17 +35,18 @@ NEVER = 2**31 - 1  # the oldest generation's threshold: the interpreter never st
 FULL_WHEN_IDLE_AFTER_S = 60.0  # a full collection when no call is up, at most this often
 FULL_AT_LEAST_EVERY_S = 3600.0  # and with calls up, when it has been this long
 CHECK_EVERY_S = 1.0
-MIDDLE_THRESHOLD = 10  # CPython's default: young collections per middle one
+MIDDLE_THRESHOLD = 3  # young collections per middle one (CPython's default: 10)
 
 
 def take_over_full_collections() -> None:
     """Move everything alive now (the loaded models: ~160k objects) out of the collector's
     reach for good (`gc.freeze`), and stop the interpreter from starting full collections
-    (`run_full_collections` runs them). Young and middle collections keep their default
-    thresholds (700, 10): each walks only what was allocated since, a few ms. With
-    automatic full collections on, the middle threshold was 50, to promote less (every
-    promotion brought the next full collection nearer), and middle collections took up to
-    27 ms at 200 calls."""
+    (`run_full_collections` runs them). Young collections keep their threshold (700
+    allocations); a middle one runs every 3 young ones, not 10: what a middle collection
+    walks is what survived since the last, so it stays short (at 200 calls, 4.5 ms on
+    average and 8.8-10.8 ms at longest in a 30 s window, against 7.5-9 ms and up to 22 ms at
+    10), for ~0.1 % of a core more. Promoting sooner costs nothing now that no full
+    collection waits on the promotions (docs/voice-benchmark-log.md)."""
     gc.collect()
     gc.freeze()
     young, _, _ = gc.get_threshold()

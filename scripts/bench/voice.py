@@ -1776,17 +1776,24 @@ def account_worker(directory: Path, seconds: float, calls: int) -> list[str]:
     )
 
 
+def ask_hooks(directory: Path, request: str, answer: str, timeout_s: float = 10) -> Any:
+    """Ask the worker hooks for something (the file `request` appears) and return their
+    answer (the JSON file `answer`), waiting up to `timeout_s`. Raises OSError or
+    ValueError when none came or it is not JSON."""
+    (directory / answer).unlink(missing_ok=True)
+    (directory / request).touch()
+    deadline = time.monotonic() + timeout_s
+    while not (directory / answer).exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return json.loads((directory / answer).read_text())
+
+
 def full_collection_line(directory: Path, calls: int) -> str:
     """Ask the worker hooks for one full collection now, with every call still up: the
     cyclic garbage left since the last one (all of the run's, where the worker runs none
     of its own during calls)."""
-    (directory / "collected.json").unlink(missing_ok=True)
-    (directory / "collect").touch()
-    deadline = time.monotonic() + 10
-    while not (directory / "collected.json").exists() and time.monotonic() < deadline:
-        time.sleep(0.1)
     try:
-        found = json.loads((directory / "collected.json").read_text())
+        found = ask_hooks(directory, "collect", "collected.json")
     except (OSError, ValueError) as exc:
         return f"  a full collection after the last window: no data ({exc})"
     return (
@@ -1814,13 +1821,8 @@ def hung_up_line(directory: Path, before: list[list[float]], calls: int) -> str:
 
 def census_lines(directory: Path, calls: int, top: int = 20) -> list[str]:
     """What a full collection in the worker walks, by type, per call (worker_hooks)."""
-    (directory / "census.json").unlink(missing_ok=True)
-    (directory / "census").touch()
-    deadline = time.monotonic() + 10
-    while not (directory / "census.json").exists() and time.monotonic() < deadline:
-        time.sleep(0.1)
     try:
-        found = json.loads((directory / "census.json").read_text())
+        found = ask_hooks(directory, "census", "census.json")
     except (OSError, ValueError) as exc:
         return [f"  census: no data ({exc})"]
     total, by_type = found["total"], found["by_type"]

@@ -63,6 +63,8 @@ class Settings(BaseSettings):
     # Agent audio to Telnyx: chunk size, and how far ahead of the caller's ear we stay.
     voice_chunk_ms: int = 100
     voice_lead_ms: int = 200
+    # Let the kernel delay the ACKs of Telnyx's frames (web/voice/media_socket.py).
+    voice_delayed_acks: bool = True
     # Local STT: caller silence that ends a turn.
     voice_silence_ms: int = 500
 

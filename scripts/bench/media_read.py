@@ -11,8 +11,9 @@ the messages. A feeder process (plain threads, its CPU not counted) sends every 
 masked ~300-byte media frame every 20 ms, each socket on a phase of its own, evenly spread
 over the 20 ms (Telnyx streams keep the phase their call started on; the feeder sends
 whatever is due each time it wakes). Printed per run: this process's CPU
-per frame received, without the ticker (`ticker=None`), with it, and pumped by it, runs
-alternated.
+per frame received, without the ticker (`ticker=None`), with it, pumped by it (these three
+ACKing every read, as Linux does by default), and pumped with delayed ACKs (the voice
+worker's default, `VOICE_DELAYED_ACKS`), runs alternated.
 """
 
 from __future__ import annotations
@@ -69,7 +70,7 @@ def _feed(port: int, sockets: int, seconds: float) -> None:
         conn.close()
 
 
-MODES = ("own watcher", "read ticker", "pump")
+MODES = ("own watcher", "read ticker", "pump", "pump, delayed ACKs")
 
 
 def _run(sockets: int, seconds: float, mode: str) -> float:
@@ -93,10 +94,16 @@ def _run(sockets: int, seconds: float, mode: str) -> float:
         received[0] += 1
 
     def read(conn: socket.socket) -> None:
-        media = MediaSocket(Upgraded(conn), max_message_bytes=65536, ping_s=60, ticker=ticker)
+        media = MediaSocket(
+            Upgraded(conn),
+            max_message_bytes=65536,
+            ping_s=60,
+            ticker=ticker,
+            delayed_acks=mode == "pump, delayed ACKs",
+        )
 
         def receive() -> bytes | None:
-            if mode == "pump":
+            if mode.startswith("pump"):
                 media.pump(count)  # returns at the end of the stream
             return media.receive()
 

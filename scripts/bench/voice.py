@@ -1481,7 +1481,8 @@ def run_ramp(ctx: Context) -> list[str]:
     _, at_arrival = capacity(results, lambda r: r.ok_at_arrival)
     lines = [
         "",
-        f"(b) simultaneous calls in one voice process (VOICE_CHUNK_MS=100, VOICE_LEAD_MS=200), "
+        "(b) simultaneous calls in one voice process (VOICE_CHUNK_MS=100, VOICE_LEAD_MS=200, "
+        f"VOICE_DELAYED_ACKS={os.environ.get('VOICE_DELAYED_ACKS', 'true')}), "
         f"{args.window:.0f} s window per step after {args.settle:.0f} s settling; {quiet}; "
         f"after: {load_line()}",
         "  lag = worst inbound frame lateness per call-second (voice_inbound_frame_lag_seconds, "

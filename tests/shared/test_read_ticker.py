@@ -4,6 +4,7 @@ their own (this test process is not monkey-patched, as the voice process is)."""
 from __future__ import annotations
 
 import json
+import sys
 from typing import Any
 
 import pytest
@@ -351,3 +352,62 @@ def test_a_checkpoint_in_bulk_work_reads_the_frames_that_wait(registered: bool) 
     else:
         assert not result["during_bulk_work"]
         assert result["waited"] > 0.1
+
+
+DELAYED_ACKS_SCRIPT = r"""
+from gevent import monkey
+monkey.patch_all()
+
+import json
+import socket
+import struct
+
+import gevent
+
+from tests.shared.socket_doubles import Upgraded, phone
+from web.voice.media_socket import MediaSocket
+from web.voice.read_ticker import read_ticker
+
+FRAMES = 30
+ticker = read_ticker()
+
+
+def acks_sent(delayed_acks):
+    # Telnyx's end on real TCP (loopback, no Nagle), a frame every 20 ms; what the pumped
+    # server end sent back once every frame is in: only ACKs (and the SYN-ACK).
+    listener = socket.create_server(("127.0.0.1", 0))
+    client = socket.create_connection(listener.getsockname())
+    client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    server = listener.accept()[0]
+    media = MediaSocket(
+        Upgraded(server), max_message_bytes=1024, ping_s=5, ticker=ticker, delayed_acks=delayed_acks
+    )
+    got = []
+
+    def handle(raw):
+        got.append(raw)
+        return "all in" if len(got) == FRAMES else None
+
+    sender = gevent.spawn(phone, client, [b'{"n": %d}' % n for n in range(FRAMES)], 0.02, [])
+    assert media.pump(handle) == "all in"
+    info = server.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 256)
+    segments_out = struct.unpack_from("I", info, 136)[0]  # tcp_info.tcpi_segs_out
+    sender.join()
+    media.close()
+    server.close()
+    listener.close()
+    return {"frames": len(got), "segments_out": segments_out}
+
+
+print(json.dumps({"delayed": acks_sent(True), "every read": acks_sent(False)}))
+"""
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="TCP_QUICKACK and tcp_info are Linux's")
+def test_with_delayed_acks_the_pump_acks_telnyxs_frames_far_less_often() -> None:
+    sent = json.loads(run_fresh(DELAYED_ACKS_SCRIPT))
+    assert sent["delayed"]["frames"] == sent["every read"]["frames"] == 30
+    # Every read of a small pushed segment is ACKed by default; delayed, at most every
+    # second one (RFC 1122), or on the kernel's delayed-ACK timer.
+    assert sent["every read"]["segments_out"] >= 28
+    assert sent["delayed"]["segments_out"] <= 18

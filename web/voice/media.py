@@ -42,7 +42,11 @@ PING_S = 25.0
 def media_stream(ws: Any) -> None:
     runtime: VoiceRuntime = current_app.extensions["voice"]
     sock = MediaSocket(
-        ws, max_message_bytes=MAX_MESSAGE_BYTES, ping_s=PING_S, ticker=runtime.read_ticker()
+        ws,
+        max_message_bytes=MAX_MESSAGE_BYTES,
+        ping_s=PING_S,
+        ticker=runtime.read_ticker(),
+        delayed_acks=runtime.settings.voice_delayed_acks,
     )
     try:
         _serve(runtime, sock)

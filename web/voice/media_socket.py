@@ -27,6 +27,16 @@ quiet period, shuts the socket down: the reader sees EOF, and a write stuck on a
 stopped reading fails instead of hanging the call. Not a socket timeout: gevent arms a
 timer for every wait of a socket that has one, i.e. for each 20 ms frame (7 % of the
 process's CPU at 80 calls).
+
+Delayed ACKs (`delayed_acks`, on unless VOICE_DELAYED_ACKS=false): Linux ACKs every read
+that empties the socket of a small pushed segment unless the connection looks interactive,
+so each 20 ms frame cost an ACK sent back to Telnyx (~7 of the ~25 µs a pumped frame cost,
+scripts/bench/media_read.py). After each pumped read the socket is put back in delayed-ACK
+mode (TCP_QUICKACK off; the kernel leaves it on its own, hence per read): the kernel then
+ACKs every second segment or on its delayed-ACK timer, as RFC 1122 lets a receiver. This
+only delays ACKs, never the frames we receive; a sender that held frames for their ACK
+(Nagle's algorithm, i.e. no TCP_NODELAY) would be slowed by it, which is what the switch
+is for.
 """
 
 from __future__ import annotations
@@ -54,6 +64,7 @@ RECV_BYTES = 65536
 _DATA = (Opcode.TEXT, Opcode.BINARY, Opcode.CONT)
 _WHOLE_DATA = (0x81, 0x82)  # first header byte: FIN, no RSV bits, text or binary
 _MASKED = 0x80
+_QUICKACK = getattr(socket, "TCP_QUICKACK", None)  # Linux only
 T = TypeVar("T")
 
 
@@ -112,6 +123,7 @@ class MediaSocket:
         max_message_bytes: int,
         ping_s: float,
         ticker: ReadTicker | None = None,
+        delayed_acks: bool = True,
     ) -> None:
         self._ws = ws
         self._sock = ws.sock
@@ -119,6 +131,12 @@ class MediaSocket:
         self._fileno = self._sock.fileno() if ticker is not None else -1
         # The non-blocking socket under gevent's wrapper: the pump must never wait on it.
         self._raw = getattr(self._sock, "_sock", None) if ticker is not None else None
+        raw = self._raw
+        self._delay_acks = (
+            functools.partial(raw.setsockopt, socket.IPPROTO_TCP, _QUICKACK, 0)
+            if delayed_acks and _QUICKACK is not None and raw is not None and _is_tcp(raw)
+            else None
+        )
         self._protocol = ServerProtocol(state=State.OPEN, max_size=max_message_bytes)
         self._write_lock = threading.Lock()  # a gevent lock once threading is patched
         self._messages: deque[bytes] = deque()
@@ -260,6 +278,11 @@ class MediaSocket:
             data = b""
         if not data:
             return False  # the end of the stream, or an error: the reader's recv meets it
+        if self._delay_acks is not None:
+            try:  # noqa: SIM105  # per frame: contextlib.suppress costs more than the try
+                self._delay_acks()
+            except OSError:
+                pass  # the stream is going: the next read meets its end
         self._heard = True
         return self._pump_frames(self._partial + data if self._partial else data)
 
@@ -360,6 +383,11 @@ class MediaSocket:
         except OSError:
             if not quiet:
                 raise
+
+
+def _is_tcp(sock: Any) -> bool:
+    family = getattr(sock, "family", None)
+    return family in (socket.AF_INET, socket.AF_INET6) and sock.type == socket.SOCK_STREAM
 
 
 def _readiness_wait(sock: Any) -> Callable[[], None] | None:

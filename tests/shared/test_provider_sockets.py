@@ -130,3 +130,143 @@ def test_a_closed_connection_leaves_nothing_registered(result: dict[str, Any]) -
         assert outcome["watched_before"] == 0
         assert outcome["watched_after"] == 0
     assert result["timer_active_after"] is False
+
+
+# `send_binary_now` (the read ticker's pump writing Deepgram's audio) on websockets' sync
+# client over gevent's sockets, plain and TLS. The provider reads nothing for its first
+# 0.3 s and the client's send buffer is 64 KB, so after a few small messages the socket
+# takes only part of a 16 KB frame, then nothing: a call that took part of a frame hands the rest to a worker with
+# the connection's lock held; one that took nothing returns False and the message goes to
+# a sender greenlet (as DeepgramStream queues it). No call may wait, and the provider must
+# get every message whole and in order.
+SEND_NOW_SCRIPT = r"""
+from gevent import monkey
+monkey.patch_all()
+
+import datetime
+import json
+import socket
+import ssl
+import sys
+import tempfile
+import time
+from collections import deque
+
+import gevent
+from gevent.event import Event
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from websockets.server import ServerProtocol
+from websockets.frames import Frame
+from websockets.sync.client import connect
+
+from shared.providers.messages import nonblocking_writer, send_binary, send_binary_now
+
+TLS = sys.argv[1] == "tls"
+MESSAGES, SIZE = 40, 16 * 1024
+
+
+def tls_contexts():
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name)
+        .public_key(key.public_key()).serial_number(1)
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), False)
+        .sign(key, hashes.SHA256())
+    )
+    pem = cert.public_bytes(serialization.Encoding.PEM)
+    with tempfile.NamedTemporaryFile("wb", suffix=".pem", delete=False) as f:
+        f.write(pem + key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        ))
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server.load_cert_chain(f.name)
+    client = ssl.create_default_context(cadata=pem.decode())
+    return server, client
+
+
+server_tls, client_tls = tls_contexts() if TLS else (None, None)
+listener = socket.create_server(("127.0.0.1", 0))
+port = listener.getsockname()[1]
+
+
+def provider():
+    conn, _ = listener.accept()
+    if TLS:
+        conn = server_tls.wrap_socket(conn, server_side=True)
+    protocol = ServerProtocol(max_size=None)
+    while not (events := protocol.events_received()):
+        protocol.receive_data(conn.recv(65536))
+    protocol.send_response(protocol.accept(events[0]))
+    conn.sendall(b"".join(protocol.data_to_send()))
+    gevent.sleep(0.3)  # not reading: the client's buffers fill
+    got = []
+    while len(got) < MESSAGES:
+        data = conn.recv(65536)
+        if not data:
+            break
+        protocol.receive_data(data)
+        got += [bytes(e.data) for e in protocol.events_received() if isinstance(e, Frame)]
+    return got
+
+
+served = gevent.spawn(provider)
+url = f"{'wss' if TLS else 'ws'}://localhost:{port}"
+ws = connect(url, ssl=client_tls, max_size=None, open_timeout=5) if TLS else connect(url)
+ws.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 65536)
+writer = nonblocking_writer(ws.socket)
+
+outbox, ready = deque(), Event()
+
+
+def sender():
+    while True:
+        ready.wait()
+        ready.clear()
+        while outbox:
+            send_binary(ws, outbox.popleft())
+
+
+gevent.spawn(sender)
+messages = [bytes([n]) * (200 if n < 5 else SIZE) for n in range(MESSAGES)]
+outcomes, longest = [], 0.0
+for message in messages:
+    started = time.perf_counter()
+    if outbox or not send_binary_now(ws, message, writer):
+        outbox.append(message)
+        ready.set()
+        outcomes.append("queued")
+    else:
+        outcomes.append("handed off" if ws.protocol_mutex.locked() else "sent")
+    longest = max(longest, time.perf_counter() - started)
+    gevent.sleep(0)  # the sender and hand-off workers get their turn, as between frames
+got = served.get(timeout=10)
+print(json.dumps({
+    "tls": writer.tls,
+    "outcomes": {kind: outcomes.count(kind) for kind in ("sent", "handed off", "queued")},
+    "longest_ms": 1000 * longest,
+    "in_order": got == messages,
+    "got": len(got),
+}))
+"""
+
+
+@pytest.mark.parametrize("transport", ["plain", "tls"])
+def test_a_send_that_must_not_wait_never_does_and_every_message_arrives_whole(
+    transport: str,
+) -> None:
+    sent = json.loads(run_fresh(SEND_NOW_SCRIPT, transport))
+    assert sent["tls"] is (transport == "tls")
+    assert sent["got"] == 40 and sent["in_order"]
+    assert sent["outcomes"]["sent"] >= 1  # written at once while the socket took it
+    assert sent["outcomes"]["handed off"] >= 1  # part taken: a worker wrote the rest
+    assert sent["outcomes"]["queued"] >= 1  # nothing taken: the sender wrote it
+    assert sent["longest_ms"] < 100  # nothing waited for the provider (it read after 300)

@@ -1,11 +1,12 @@
 """Deepgram live STT (Nova, `/v1/listen`) over deepgram-sdk 7.x's synchronous socket client.
 
-One websocket per call, opened through `guard("deepgram")`. `send()` never waits: it
-batches the audio and hands each message to the stream's sender worker. Its caller may be
-the read ticker's pump, which reads every call's media (web/voice/read_ticker.py), and a
-send on this socket waits whenever its kernel buffer is full (a stalled network), which
-must hold up this call's audio to Deepgram only. The hand-off costs two greenlet switches
-per message (5 to 25 a second), not per 20 ms frame.
+One websocket per call, opened through `guard("deepgram")`. `send()` never waits: its
+caller may be the read ticker's pump, which reads every call's media
+(web/voice/read_ticker.py), and a send on this socket waits whenever its kernel buffer is
+full (a stalled network), which must hold up this call's audio to Deepgram only. So each
+message (5 to 25 a second) is written at once only when nothing is queued before it and
+the socket takes it without waiting (`send_binary_now`, nearly always), else it goes to
+the stream's sender worker, which waits as long as it must.
 
 Audio per message (Deepgram takes 20-250 ms): `send_ms` (40) while the caller may be
 speaking, `quiet_send_ms` (200) once the line has been quiet (RMS under `SPEECH_RMS`) for
@@ -44,7 +45,13 @@ from deepgram.environment import DeepgramClientEnvironment
 from websockets.exceptions import ConnectionClosed
 
 from shared.background import start_worker
-from shared.providers.messages import deliver_messages, json_object, send_binary
+from shared.providers.messages import (
+    deliver_messages,
+    json_object,
+    nonblocking_writer,
+    send_binary,
+    send_binary_now,
+)
 from shared.providers.stt.base import SttEvent, SttEventKind
 from shared.realtime import checkpoint
 from shared.resilience import ProviderUnavailable, guard
@@ -106,6 +113,7 @@ class DeepgramStream:
         # read on it directly, below the SDK's per-message layers (see `_on_message`,
         # shared/providers/messages.py).
         self._websocket = self._socket._websocket
+        self._writer = nonblocking_writer(self._websocket.socket)
         self._on_event = on_event
         self._on_error = on_error
         self._keepalive_s = keepalive_s
@@ -156,6 +164,7 @@ class DeepgramStream:
             self._closing = True
         self._stopped.set()
         self._send_pending()
+        self._outbox_ready.set()  # the sender ends once the queue is empty
         self._sender.join(CLOSE_WAIT_S)  # it sends what is queued, then ends
         if self.failed is None:
             self._send(self._socket.send_close_stream)
@@ -166,9 +175,21 @@ class DeepgramStream:
 
     # -- sending ---------------------------------------------------------------------
     def _send_pending(self) -> None:
-        if self._pending:  # an empty message would mean "close" to Deepgram
-            self._outbox.append(bytes(self._pending))
-            self._pending.clear()
+        """Send what is pending: at once when nothing is queued before it and the socket
+        takes it without waiting (`send_binary_now`), else through the sender worker."""
+        if not self._pending:  # an empty message would mean "close" to Deepgram
+            return
+        message = bytes(self._pending)
+        self._pending.clear()
+        if (
+            not self._outbox
+            and self._writer is not None
+            and self.failed is None
+            and send_binary_now(self._websocket, message, self._writer)
+        ):
+            self._sent_at = time.monotonic()
+            return
+        self._outbox.append(message)
         self._outbox_ready.set()
 
     def _send_loop(self) -> None:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 
 import gevent
+from gevent.event import Event
 from prometheus_client import REGISTRY
 
 from shared.voice.playout import Playout
@@ -113,6 +115,52 @@ def test_waiting_for_a_turn_to_be_heard_ends_on_its_last_mark_a_clear_or_the_clo
     start = time.monotonic()
     playout.wait_heard(unmarked)
     assert 0.4 <= time.monotonic() - start < 0.8 and not playout.speaking
+    playout.close()
+    pacer.join(timeout=1)
+
+
+class _CountedWaits:
+    """A turn's `changed` event, counting the waits on it."""
+
+    def __init__(self, event: Event) -> None:
+        self.event, self.waits = event, 0
+
+    def set(self) -> None:
+        self.event.set()
+
+    def clear(self) -> None:
+        self.event.clear()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        self.waits += 1
+        return bool(self.event.wait(timeout))
+
+
+def test_waiting_for_a_long_answer_to_be_heard_wakes_once_not_once_per_lead() -> None:
+    # Telnyx echoes each mark when the audio before it has played.
+    playout: Playout
+    played_until = [0.0]
+
+    def send(*texts: str) -> None:
+        for message in map(json.loads, texts):
+            if message["event"] == "media":
+                chunk_s = len(base64.b64decode(message["media"]["payload"])) / SECOND
+                played_until[0] = max(played_until[0], time.monotonic()) + chunk_s
+            elif message["event"] == "mark":
+                due = played_until[0] - time.monotonic()
+                gevent.spawn_later(due, playout.on_mark, message["mark"]["name"])
+
+    playout = Playout(send, chunk_ms=100, lead_ms=200)
+    pacer = run(playout)
+    answer = playout.begin_turn(1)
+    answer.changed = _CountedWaits(answer.changed)  # type: ignore[assignment]
+    playout.add(answer, b"\x7f" * (3 * SECOND // 2))  # 1.5 s, all from TTS already
+    playout.finish(answer)
+    start = time.monotonic()
+    playout.wait_heard(answer)
+    assert answer.heard == answer.total and 1.3 < time.monotonic() - start < 2.0
+    # Woken by the last mark; waiting on the audio sent so far woke it every ~lead (6+).
+    assert answer.changed.waits <= 2
     playout.close()
     pacer.join(timeout=1)
 

@@ -72,6 +72,9 @@ def test_the_stream_opens_with_the_token_and_the_query_nova_3_needs(
     (session,) = fake.sessions
     assert session.path == "/v1/listen"
     assert session.headers["Authorization"] == "Token test-key"
+    # No permessage-deflate offered: zlib on every audio message otherwise (a provider
+    # that accepts it), for μ-law that barely compresses.
+    assert "Sec-WebSocket-Extensions" not in session.headers
     assert session.query == {
         "model": "nova-3",
         "language": "en-US",

@@ -35,13 +35,16 @@ import functools
 import logging
 import threading
 import time
+import types
 from collections import deque
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
 
+import websockets.sync.client
 from deepgram import DeepgramClient
 from deepgram.environment import DeepgramClientEnvironment
+from deepgram.listen.v1 import client as listen_client
 from websockets.exceptions import ConnectionClosed
 
 from shared.background import start_worker
@@ -343,6 +346,9 @@ class DeepgramStt:
         if settings.deepgram_url:
             options["environment"] = environment(settings.deepgram_url)
         self._client = DeepgramClient(**options)
+        # The module whose connect() `listen.v1.connect` calls (see `_WithoutDeflate`).
+        without_deflate = _WithoutDeflate(websockets.sync.client.__name__)
+        setattr(listen_client, "websockets_sync_client", without_deflate)  # noqa: B010  # not exported
         # The SDK imports its live-listen modules on first use (~24 ms, every call in the
         # process stalled): at start-up instead.
         _ = self._client.listen.v1
@@ -391,6 +397,24 @@ class DeepgramStt:
         with _deadline(timeout):
             socket = context.__enter__()
         return context, socket
+
+
+class _WithoutDeflate(types.ModuleType):
+    """websockets' sync client as the Deepgram SDK's live-listen client uses it, except that
+    `connect` offers no permessage-deflate (websockets offers it by default; the SDK has no
+    option for it). Why: compressed, every 40-200 ms audio message would go through zlib
+    on the voice worker's core, for μ-law audio that barely compresses (Cartesia's
+    inflated audio was ~2.5 % of the worker's CPU at 100 calls before its
+    `compression=None`, docs/voice-benchmark-log.md). Whether Deepgram accepts the offer
+    is not documented; not making it costs a few bytes of JSON results."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(websockets.sync.client, name)
+
+    @staticmethod
+    def connect(*args: Any, **kwargs: Any) -> Any:
+        kwargs.setdefault("compression", None)
+        return websockets.sync.client.connect(*args, **kwargs)
 
 
 def _deadline(seconds: float) -> AbstractContextManager[Any]:

@@ -33,6 +33,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
+import orjson
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
@@ -120,7 +121,7 @@ class _Context:
             await asyncio.sleep(size / SAMPLE_RATE * self.fake.pace)
 
     async def _send(self, **message: Any) -> None:
-        await self.ws.send(json.dumps({"context_id": self.id, **message}))
+        await self.ws.send(orjson.dumps({"context_id": self.id, **message}).decode())
 
 
 class FakeCartesiaTts:

@@ -27,6 +27,7 @@ from http import HTTPStatus
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
+import orjson
 from websockets.asyncio.server import ServerConnection
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
@@ -244,7 +245,7 @@ class _Responder:
                     return
                 for message in item:
                     self.session.sent.append(message)
-                    await self.ws.send(json.dumps(message))
+                    await self.ws.send(orjson.dumps(message).decode())
 
     def results(
         self, u: Utterance, text: str, *, is_final: bool, speech_final: bool

@@ -31,6 +31,8 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler
 from typing import Any
 
+import orjson
+
 from scripts.fakes.http_fake import FakeHTTPServer, Recorded
 
 PATH = "/openai/v1/chat/completions"
@@ -300,7 +302,7 @@ def _handler(fake: FakeGroqLlm) -> type[BaseHTTPRequestHandler]:
             try:
                 for wait, chunk in _chunks(reply, model):
                     self._pause(wait)
-                    self._event(json.dumps(chunk))
+                    self._event(orjson.dumps(chunk).decode())
                 self._event("[DONE]")
                 self._write(b"0\r\n\r\n")
             except _ClientGone:

@@ -17,13 +17,14 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
-import json
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import orjson
 
 from scripts.fakes.telnyx_audio import (
     FRAME_BYTES,
@@ -251,7 +252,7 @@ class FakeTelnyxCall(TelnyxStream):
 
     def _on_text(self, data: bytes, now: float) -> None:
         try:
-            message = json.loads(data.decode())
+            message = orjson.loads(data)
             event = message["event"]
             if event == "media":
                 self._on_media(message["media"]["payload"], now)

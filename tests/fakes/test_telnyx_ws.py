@@ -97,3 +97,101 @@ def test_what_arrives_is_stamped_with_when_it_arrived_not_when_it_was_read() -> 
     assert data == b"audio"
     assert sent - 0.005 <= arrived < sent + 0.05  # (two clocks: a few µs either way)
     assert read - arrived >= 0.19
+
+
+def _server_stream() -> tuple[bytes, list[tuple[bool, bytes]]]:
+    """What a server sends (unmasked): data frames of each length class, a ping, a message
+    in three fragments, then a close; and the messages a client must make of it."""
+    server = ServerProtocol(max_size=None, state=State.OPEN)
+    expected: list[tuple[bool, bytes]] = []
+    for size in (0, 5, 125, 126, 70_000):
+        server.send_text(b"t" * size)
+        server.send_binary(bytes(i % 256 for i in range(size)))
+        expected += [(False, b"t" * size), (True, bytes(i % 256 for i in range(size)))]
+    server.send_ping(b"are you there")
+    server.send_text(b"one ", fin=False)
+    server.send_continuation(b"two ", fin=False)
+    server.send_continuation(b"three", fin=True)
+    server.send_binary(b"after the fragments")
+    expected += [(False, b"one two three"), (True, b"after the fragments")]
+    server.send_close(1000, "bye")
+    late = b"after the close: never a message"
+    return b"".join(server.data_to_send()) + bytes([0x81, len(late)]) + late, expected
+
+
+@pytest.mark.parametrize("split", [1, 3, 7, 1000, 1 << 20])
+def test_what_the_server_sends_is_read_whole_and_in_order_however_it_is_split(split: int) -> None:
+    # Whole data frames are split off by hand; the ping, the fragments and the close go
+    # through websockets' protocol, which must answer the ping and the close.
+    stream, expected = _server_stream()
+    pipe, theirs, server = _open_pipe()
+    received = _read_all(theirs)
+    messages = []
+    for at in range(0, len(stream), split):
+        messages += pipe.feed(stream[at : at + split])
+    assert messages == expected
+    assert pipe.closed is False and pipe.writable is False  # the close is being answered
+    messages += pipe.feed(b"")
+    assert messages == expected and pipe.closed
+    answers = _frames(server, received())
+    assert [(f.opcode, f.data) for f in answers] == [
+        (Opcode.PONG, b"are you there"),
+        (Opcode.CLOSE, answers[-1].data),
+    ]
+
+
+def test_frames_in_the_same_read_as_the_handshake_response_are_not_lost() -> None:
+    client = ClientProtocol(parse_uri("ws://127.0.0.1/media"), max_size=None)
+    server = ServerProtocol(max_size=None)
+    client.send_request(client.connect())
+    server.receive_data(b"".join(client.data_to_send()))
+    (request,) = server.events_received()
+    server.send_response(server.accept(request))
+    server.send_text(b"first")
+    server.send_binary(b"second")
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        pipe = WebSocketPipe(ours, client)
+        data = b"".join(server.data_to_send())
+        head_end = data.index(b"\r\n\r\n") + 4
+        messages = pipe.feed(data[: head_end - 3]) + pipe.feed(data[head_end - 3 : head_end + 3])
+        assert client.state is State.OPEN
+        messages += pipe.feed(data[head_end + 3 :])
+    assert messages == [(False, b"first"), (True, b"second")]
+
+
+def test_a_frame_over_the_size_limit_fails_the_connection_before_it_is_all_read() -> None:
+    pipe, theirs, _ = _open_pipe()
+    pipe.protocol.max_message_size = 1000
+    server = ServerProtocol(max_size=None, state=State.OPEN)
+    server.send_binary(b"x" * 5000)
+    with theirs:
+        assert pipe.feed(b"".join(server.data_to_send())[:100]) == []
+    assert not pipe.writable  # closing with 1009, not buffering what would follow
+
+
+def test_a_whole_frame_over_the_size_limit_is_refused_too() -> None:
+    pipe, theirs, _ = _open_pipe()
+    pipe.protocol.max_message_size = 1000
+    server = ServerProtocol(max_size=None, state=State.OPEN)
+    server.send_binary(b"x" * 5000)
+    with theirs:
+        assert pipe.feed(b"".join(server.data_to_send())) == []
+    assert not pipe.writable
+
+
+def test_a_refused_handshake_is_read_to_its_end() -> None:
+    client = ClientProtocol(parse_uri("ws://127.0.0.1/media"), max_size=None)
+    server = ServerProtocol(max_size=None)
+    client.send_request(client.connect())
+    server.receive_data(b"".join(client.data_to_send()))
+    (_request,) = server.events_received()
+    server.send_response(server.reject(403, "no such stream\n" * 50))
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        pipe = WebSocketPipe(ours, client)
+        data = b"".join(server.data_to_send())
+        for at in range(0, len(data), 100):
+            assert pipe.feed(data[at : at + 100]) == []
+    # Known once its body is in (Content-Length), before the server closes.
+    assert client.handshake_exc is not None and "403" in str(client.handshake_exc)

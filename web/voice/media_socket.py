@@ -44,7 +44,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import socket
-import struct
 import threading
 from collections import deque
 from collections.abc import Callable
@@ -58,12 +57,11 @@ from websockets.speedups import apply_mask  # C; websockets builds it on every p
 
 from shared.background import start_worker
 from shared.providers.messages import send_all
+from shared.ws_frames import MASKED, WHOLE_DATA, frame_at
 from web.voice.read_ticker import ReadTicker
 
 RECV_BYTES = 65536
 _DATA = (Opcode.TEXT, Opcode.BINARY, Opcode.CONT)
-_WHOLE_DATA = (0x81, 0x82)  # first header byte: FIN, no RSV bits, text or binary
-_MASKED = 0x80
 _QUICKACK = getattr(socket, "TCP_QUICKACK", None)  # Linux only
 T = TypeVar("T")
 
@@ -247,7 +245,7 @@ class MediaSocket:
             return
         buf = self._partial + data if self._partial else data
         pos = 0
-        while (frame := _frame_at(buf, pos)) is not None:
+        while (frame := frame_at(buf, pos)) is not None:
             start, end, length = frame
             if length > self._max_size:
                 self._partial = b""
@@ -255,7 +253,7 @@ class MediaSocket:
                 return
             if end > len(buf):
                 break
-            if buf[pos] in _WHOLE_DATA and buf[pos + 1] & _MASKED and not self._fragments:
+            if buf[pos] in WHOLE_DATA and buf[pos + 1] & MASKED and not self._fragments:
                 self._messages.append(apply_mask(buf[start:end], buf[start - 4 : start]))
             else:
                 self._to_protocol(buf[pos:end])
@@ -295,9 +293,9 @@ class MediaSocket:
         """Hand each whole data frame in `buf` to the handler, up to the first other one."""
         assert self._handler is not None
         pos, size, handler = 0, len(buf), self._handler
-        while (frame := _frame_at(buf, pos)) is not None:
+        while (frame := frame_at(buf, pos)) is not None:
             start, end, length = frame
-            if length > self._max_size or buf[pos] not in _WHOLE_DATA or not buf[pos + 1] & _MASKED:
+            if length > self._max_size or buf[pos] not in WHOLE_DATA or not buf[pos + 1] & MASKED:
                 return self._hand_back(buf, pos)
             if end > size:
                 break
@@ -401,25 +399,3 @@ def _readiness_wait(sock: Any) -> Callable[[], None] | None:
     if wait is None or watcher is None:
         return None
     return functools.partial(wait, watcher)
-
-
-def _frame_at(buf: bytes, pos: int) -> tuple[int, int, int] | None:
-    """The frame whose header starts at `pos`: (payload start, payload end, payload
-    length), or None while its header is incomplete (RFC 6455 §5.2)."""
-    available = len(buf) - pos
-    if available < 2:
-        return None
-    second = buf[pos + 1]
-    length, header = second & 0x7F, 2
-    if length == 126:
-        if available < 4:
-            return None
-        length, header = struct.unpack_from("!H", buf, pos + 2)[0], 4
-    elif length == 127:
-        if available < 10:
-            return None
-        length, header = struct.unpack_from("!Q", buf, pos + 2)[0], 10
-    if second & _MASKED:
-        header += 4
-    start = pos + header
-    return start, start + length, length

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from tests.conftest import run_fresh
 
 # A fresh interpreter patched by gevent, as the voice worker is. Six greenlets each run a
@@ -43,3 +45,30 @@ def test_model_jobs_take_turns_and_the_hub_keeps_running() -> None:
     slots, most, all_done, hub_ran = run_fresh(CHECK).split()
     assert most == slots == "1"
     assert all_done == hub_ran == "True"
+
+
+# The model thread's priority, the hub's thread's, and that of gevent's own threadpool
+# (which also resolves names): only the model thread is lowered.
+PRIORITIES = """
+from gevent import monkey
+monkey.patch_all()
+import os
+import gevent
+from gevent.monkey import get_original
+from shared.providers.offload import MODEL_NICE, off_hub
+
+native_id = get_original("_thread", "get_native_id")
+nice = lambda: os.getpriority(os.PRIO_PROCESS, native_id())
+gevent.sleep(0)  # the hub exists: off_hub uses a model thread
+model = [off_hub(lambda: (native_id(), nice())) for _ in range(3)]
+pool = gevent.get_hub().threadpool.spawn(nice).get()
+print(MODEL_NICE, len({tid for tid, _ in model}), *{n for _, n in model}, nice(), pool)
+"""
+
+
+def test_model_jobs_run_in_one_thread_at_the_lowest_priority_and_nothing_else_does() -> None:
+    # Beside the hub on one core, a model thread at the same priority took half of it.
+    wanted, threads, model_nice, hub_nice, pool_nice = run_fresh(PRIORITIES).split()
+    assert wanted == "19"
+    assert threads == "1" and model_nice == wanted
+    assert hub_nice == pool_nice == str(os.getpriority(os.PRIO_PROCESS, 0))

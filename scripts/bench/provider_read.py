@@ -2,7 +2,8 @@
 with websockets' sync client (the Deepgram and Cartesia SDKs' transport) waiting in gevent's
 selector or in the read ticker's (`web/voice/read_ticker.py`, `wait_provider_sockets`), and
 each message handed from websockets' reader to a `recv()` in another greenlet or handled in
-the reader itself (`shared/providers/messages.py`, `deliver_messages`).
+the reader itself (`shared/providers/messages.py`, `deliver_messages`), with whole data
+frames split off below websockets' parser or not (`split_frames`).
 
     .venv/bin/python -m scripts.bench.provider_read [--connections 100] [--seconds 8]
                                                     [--rounds 3]
@@ -34,7 +35,12 @@ from scripts.bench.readers import compare
 
 MESSAGE = os.urandom(1400)
 INTERVAL_S = 0.05
-MODES = ("gevent's selector", "read ticker", "read ticker, handled in the reader")
+MODES = (
+    "gevent's selector",
+    "read ticker",
+    "read ticker, handled in the reader",
+    "read ticker, handled in the reader, frames split by hand",
+)
 
 
 def _serve(seconds: float) -> None:
@@ -72,11 +78,12 @@ def _run(connections: int, seconds: float, mode: str) -> float:
 
     def read() -> None:
         ws = connect(f"ws://127.0.0.1:{port}", compression=None, legacy=True)
-        if mode != MODES[2]:
+        if mode not in MODES[2:]:
             read_until_closed(ws.recv, ws.close, received)
             return
         ended = Event()
-        deliver_messages(ws, lambda data, text: count(), lambda reason: ended.set())
+        split = mode == MODES[3]
+        deliver_messages(ws, lambda data, text: count(), lambda _: ended.set(), split_frames=split)
         ended.wait()
         ws.close()
 

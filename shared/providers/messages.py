@@ -13,16 +13,21 @@ import logging
 import queue
 import ssl
 import threading
+import weakref
 from collections.abc import Callable
 from typing import Any
 
 import orjson
 from websockets.exceptions import ConnectionClosed
 from websockets.frames import Frame, Opcode
-from websockets.protocol import State
+from websockets.protocol import Protocol, State
+from websockets.streams import StreamReader
 from websockets.sync.connection import Connection
 
 from shared.background import start_worker
+from shared.ws_frames import BINARY, MASKED, WHOLE_DATA, frame_at
+
+_AT_EOF = StreamReader.at_eof.__code__
 
 log = logging.getLogger(__name__)
 
@@ -161,7 +166,9 @@ OnMessage = Callable[[bytes, bool], None]  # (the message, whether it is text)
 OnEnd = Callable[[BaseException], None]
 
 
-def deliver_messages(connection: Connection, on_message: OnMessage, on_end: OnEnd) -> None:
+def deliver_messages(
+    connection: Connection, on_message: OnMessage, on_end: OnEnd, *, split_frames: bool = True
+) -> None:
     """From now on, hand each message of `connection` to `on_message` in websockets' own
     reader (a thread; a greenlet under gevent), and call `on_end` once, in a worker of its
     own, when the stream ends: with the connection's `ConnectionClosed`, or with what
@@ -177,7 +184,10 @@ def deliver_messages(connection: Connection, on_message: OnMessage, on_end: OnEn
 
     Call it before anything is sent on the connection (neither Deepgram nor Cartesia speaks
     first): messages already queued are delivered first, and `recv()` is no longer
-    available."""
+    available. With `split_frames` (the default; off only to measure it) whole data frames
+    are also split off below websockets' parser (`_FrameSplitter`)."""
+    if split_frames:
+        _FrameSplitter.install(connection.protocol)
     delivery = _Delivery(connection, on_message, on_end)
     assembler = connection.recv_messages
     assembler.mutex.acquire()  # websockets' reader queues each frame holding it
@@ -287,3 +297,99 @@ class _Delivery:
             # full collection to find, with the whole stream behind it, unless the
             # handlers go (web/voice/gc_policy.py).
             self._on_message, self._on_end = _ignore_message, _ignore_end
+
+
+class _FrameSplitter:
+    """Takes the place of a client protocol's `receive_data`, `receive_eof` and
+    `events_received`: a whole, unfragmented, unmasked text or binary frame (nearly every
+    provider message) is split off by hand (`shared.ws_frames`), and everything else (pings,
+    fragments, the close, a frame over the size limit, all once the close has begun) goes to
+    the protocol, always as whole frames, so its parser stays at a frame boundary.
+
+    Why: websockets' generator parser was ~12 µs of the ~77 µs a provider message costs
+    the voice process (`scripts/bench/provider_read.py`), ~2,000 messages a second at 200
+    calls (Deepgram's results, Cartesia's audio). It keeps only a weak reference to its
+    protocol, which holds it until the end of the stream: no cycle of its own, and nothing
+    added to the protocol's (its parser generator holds it) for a collection to walk."""
+
+    def __init__(self, protocol: Protocol) -> None:
+        self._protocol = weakref.ref(protocol)
+        self._partial = b""  # the start of a frame not all here yet
+        self._events: list[Any] = []  # frames and protocol events, in order, not taken yet
+
+    @classmethod
+    def install(cls, protocol: Protocol) -> None:
+        """Only at a frame boundary (`_at_frame_boundary`), else the protocol stays as it is."""
+        if not _at_frame_boundary(protocol):
+            return
+        splitter = cls(protocol)
+        protocol.receive_data = splitter.receive_data  # type: ignore[method-assign]
+        protocol.receive_eof = splitter.receive_eof  # type: ignore[method-assign]
+        protocol.events_received = splitter.events_received  # type: ignore[method-assign]
+
+    def receive_data(self, data: bytes | bytearray) -> None:
+        protocol = self._protocol()
+        if protocol is None:
+            return
+        buf = self._partial + bytes(data) if self._partial else bytes(data)
+        self._partial = b""
+        pos, limit = 0, protocol.max_message_size
+        while protocol.state is State.OPEN:
+            found = frame_at(buf, pos)
+            if found is not None and limit is not None and found[2] > limit:
+                break  # the protocol refuses it, and closes
+            if found is None or found[1] > len(buf):
+                self._partial = buf[pos:]
+                return
+            start, end, _ = found
+            first = buf[pos]
+            if first in WHOLE_DATA and not buf[pos + 1] & MASKED and protocol.current_size is None:
+                opcode = Opcode.BINARY if first == BINARY else Opcode.TEXT
+                self._events.append(Frame(opcode, buf[start:end]))
+            else:
+                self._to_protocol(protocol, buf[pos:end])
+            pos = end
+        if pos < len(buf):
+            self._to_protocol(protocol, buf[pos:])
+
+    def receive_eof(self) -> None:
+        """The end of the stream: the protocol has the rest, and its own methods back (so
+        nothing of this is left for a collection to find with the protocol's own cycles)."""
+        protocol = self._protocol()
+        if protocol is None:
+            return
+        if self._partial:
+            self._to_protocol(protocol, self._partial)
+            self._partial = b""
+        Protocol.receive_eof(protocol)
+        for name in ("receive_data", "receive_eof"):
+            protocol.__dict__.pop(name, None)
+        if not self._events:  # else the reader takes them first, through this
+            protocol.__dict__.pop("events_received", None)
+
+    def events_received(self) -> list[Any]:
+        protocol = self._protocol()
+        events, self._events = self._events, []
+        if protocol is None:
+            return events
+        if "receive_eof" not in protocol.__dict__:  # ended: nothing more comes through here
+            protocol.__dict__.pop("events_received", None)
+        return events + Protocol.events_received(protocol)
+
+    def _to_protocol(self, protocol: Protocol, data: bytes) -> None:
+        Protocol.receive_data(protocol, data)
+        self._events += Protocol.events_received(protocol)
+
+
+def _at_frame_boundary(protocol: Protocol) -> bool:
+    """Whether `protocol` is open and its parser waits for the first byte of a frame: no
+    bytes buffered, and its innermost generator is the reader's `at_eof`, which the parser
+    asks before each frame (a frame's header read while its payload has not come shows as
+    `Frame.parse` there). websockets has no public way to ask; read, never changed, and any
+    other shape leaves the splitter out."""
+    if protocol.state is not State.OPEN or protocol.reader.buffer:
+        return False
+    generator = getattr(protocol, "parser", None)
+    while (inner := getattr(generator, "gi_yieldfrom", None)) is not None:
+        generator = inner
+    return getattr(generator, "gi_code", None) is _AT_EOF

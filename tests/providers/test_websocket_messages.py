@@ -3,18 +3,25 @@ a real websockets server (the Deepgram and Cartesia SDKs' transport)."""
 
 from __future__ import annotations
 
+import gc
 import textwrap
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import pytest
+from websockets.client import ClientProtocol
 from websockets.exceptions import ConnectionClosed, ConnectionClosedOK
+from websockets.frames import Frame, Opcode
+from websockets.protocol import State
+from websockets.server import ServerProtocol
 from websockets.sync.client import ClientConnection, connect
 from websockets.sync.server import ServerConnection, serve
+from websockets.uri import parse_uri
 
-from shared.providers.messages import deliver_messages, send_binary
+from shared.providers.messages import _FrameSplitter, deliver_messages, send_binary
 from tests.conftest import run_fresh
 
 
@@ -155,3 +162,86 @@ def test_under_gevent_every_message_is_handled_in_the_connections_reader_greenle
     # queue per message, which is the point.
     output = run_fresh(textwrap.dedent(GEVENT_SCRIPT)).strip().splitlines()[-1]
     assert output == "True 1 True"
+
+
+def _open_client() -> tuple[ClientProtocol, ServerProtocol]:
+    client = ClientProtocol(parse_uri("ws://provider/"), max_size=2**20)
+    server = ServerProtocol(max_size=None)
+    client.send_request(client.connect())
+    server.receive_data(b"".join(client.data_to_send()))
+    (request,) = server.events_received()
+    server.send_response(server.accept(request))
+    client.receive_data(b"".join(server.data_to_send()))
+    client.events_received()  # the handshake's response
+    return client, server
+
+
+def _provider_stream(server: ServerProtocol) -> bytes:
+    """Messages of every length class, a ping, a fragmented message, a frame over the
+    client's limit in the middle of nothing, then a close."""
+    for size in (0, 5, 125, 126, 70_000):
+        server.send_text(b"t" * size)
+        server.send_binary(bytes(i % 256 for i in range(size)))
+    server.send_ping(b"still there?")
+    server.send_text(b"one ", fin=False)
+    server.send_continuation(b"two", fin=True)
+    server.send_binary(b"after the fragments")
+    server.send_close(1000, "done")
+    return b"".join(server.data_to_send())
+
+
+def _what_it_makes(client: ClientProtocol, stream: bytes, split: int) -> list[object]:
+    seen: list[object] = []
+    for at in range(0, len(stream), split):
+        client.receive_data(stream[at : at + split])
+        seen += [(e.opcode, bytes(e.data), e.fin) for e in client.events_received()]
+        seen += [f.opcode for f in _frames_sent(client)]
+    client.receive_eof()
+    seen += [(e.opcode, bytes(e.data), e.fin) for e in client.events_received()]
+    return [*seen, client.state, client.close_rcvd and client.close_rcvd.code]
+
+
+def _frames_sent(client: ClientProtocol) -> list[Frame]:
+    """What the client wrote (pongs, its close), as a server reads it."""
+    reader = ServerProtocol(max_size=None, state=State.OPEN)
+    reader.receive_data(b"".join(d for d in client.data_to_send() if d))
+    return [e for e in reader.events_received() if isinstance(e, Frame)]
+
+
+@pytest.mark.parametrize("split", [1, 3, 7, 1000, 1 << 20])
+def test_frames_split_by_hand_make_exactly_what_websockets_protocol_makes(split: int) -> None:
+    plain, plain_server = _open_client()
+    fast, fast_server = _open_client()
+    _FrameSplitter.install(fast)
+    assert fast.receive_data.__self__ is not fast  # type: ignore[attr-defined]  # installed
+    expected = _what_it_makes(plain, _provider_stream(plain_server), split)
+    assert _what_it_makes(fast, _provider_stream(fast_server), split) == expected
+    assert Opcode.PONG in expected and Opcode.CLOSE in expected  # answered by websockets
+
+
+def test_a_frame_over_the_limit_fails_the_connection_as_websockets_would() -> None:
+    fast, server = _open_client()
+    _FrameSplitter.install(fast)
+    server.send_binary(b"x" * (2**20 + 1))
+    fast.receive_data(b"".join(server.data_to_send())[:1000])
+    assert fast.state is State.CLOSING and fast.events_received() == []
+
+
+def test_the_splitter_waits_for_a_frame_boundary_and_keeps_no_cycle() -> None:
+    client, server = _open_client()
+    server.send_text(b"a message")
+    client.receive_data(b"".join(server.data_to_send())[:2])  # its header only: mid-frame
+    _FrameSplitter.install(client)
+    assert client.receive_data.__func__ is ClientProtocol.receive_data  # type: ignore[attr-defined]
+
+    gc.disable()
+    try:
+        client, server = _open_client()
+        _FrameSplitter.install(client)
+        splitter = weakref.ref(client.receive_data.__self__)  # type: ignore[attr-defined]
+        _what_it_makes(client, _provider_stream(server), 1000)  # to the close and EOF
+        # Gone with the stream's end, by reference counting: websockets' protocol keeps
+        # cycles of its own (its parser generator), and nothing of the splitter joins them.
+        assert splitter() is None and not {"receive_data", "events_received"} & set(vars(client))
+    finally:
+        gc.enable()

@@ -16,19 +16,13 @@ from websockets.server import ServerProtocol
 from websockets.uri import parse_uri
 
 from scripts.fakes.telnyx_ws import WebSocketPipe
+from tests.ws_handshake import answered, opened
 
 
 def _open_pipe() -> tuple[WebSocketPipe, socket.socket, ServerProtocol]:
     """A pipe past its handshake (done in memory), the socket its frames go to, and the
     server protocol that reads them."""
-    client = ClientProtocol(parse_uri("ws://127.0.0.1/media"), max_size=None)
-    server = ServerProtocol(max_size=None)
-    client.send_request(client.connect())
-    server.receive_data(b"".join(client.data_to_send()))
-    (request,) = server.events_received()
-    server.send_response(server.accept(request))
-    client.receive_data(b"".join(server.data_to_send()))
-    assert client.state is State.OPEN and server.state is State.OPEN
+    client, server = opened()
     ours, theirs = socket.socketpair()
     return WebSocketPipe(ours, client), theirs, server
 
@@ -141,12 +135,7 @@ def test_what_the_server_sends_is_read_whole_and_in_order_however_it_is_split(sp
 
 
 def test_frames_in_the_same_read_as_the_handshake_response_are_not_lost() -> None:
-    client = ClientProtocol(parse_uri("ws://127.0.0.1/media"), max_size=None)
-    server = ServerProtocol(max_size=None)
-    client.send_request(client.connect())
-    server.receive_data(b"".join(client.data_to_send()))
-    (request,) = server.events_received()
-    server.send_response(server.accept(request))
+    client, server = answered()
     server.send_text(b"first")
     server.send_binary(b"second")
     ours, theirs = socket.socketpair()
@@ -181,12 +170,7 @@ def test_a_whole_frame_over_the_size_limit_is_refused_too() -> None:
 
 
 def test_a_refused_handshake_is_read_to_its_end() -> None:
-    client = ClientProtocol(parse_uri("ws://127.0.0.1/media"), max_size=None)
-    server = ServerProtocol(max_size=None)
-    client.send_request(client.connect())
-    server.receive_data(b"".join(client.data_to_send()))
-    (_request,) = server.events_received()
-    server.send_response(server.reject(403, "no such stream\n" * 50))
+    client, server = answered(refuse=(403, "no such stream\n" * 50))
     ours, theirs = socket.socketpair()
     with ours, theirs:
         pipe = WebSocketPipe(ours, client)

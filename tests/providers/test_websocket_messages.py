@@ -19,10 +19,10 @@ from websockets.protocol import State
 from websockets.server import ServerProtocol
 from websockets.sync.client import ClientConnection, connect
 from websockets.sync.server import ServerConnection, serve
-from websockets.uri import parse_uri
 
 from shared.providers.messages import _FrameSplitter, deliver_messages, send_binary
 from tests.conftest import run_fresh
+from tests.ws_handshake import opened
 
 
 @contextmanager
@@ -165,15 +165,7 @@ def test_under_gevent_every_message_is_handled_in_the_connections_reader_greenle
 
 
 def _open_client() -> tuple[ClientProtocol, ServerProtocol]:
-    client = ClientProtocol(parse_uri("ws://provider/"), max_size=2**20)
-    server = ServerProtocol(max_size=None)
-    client.send_request(client.connect())
-    server.receive_data(b"".join(client.data_to_send()))
-    (request,) = server.events_received()
-    server.send_response(server.accept(request))
-    client.receive_data(b"".join(server.data_to_send()))
-    client.events_received()  # the handshake's response
-    return client, server
+    return opened("ws://provider/", max_size=2**20)
 
 
 def _provider_stream(server: ServerProtocol) -> bytes:

@@ -20,6 +20,7 @@ held: the pump's handlers may, for example, record a mark on the call's playout.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Protocol
 
 
 class _Registered:
@@ -38,3 +39,18 @@ def checkpoint() -> None:
     """Between two units of bulk work: let overdue real-time work run now."""
     if (catch_up := _registered.catch_up) is not None:
         catch_up()
+
+
+class _Lock(Protocol):
+    def locked(self) -> bool: ...
+
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool: ...
+
+
+def acquire_now(lock: _Lock) -> bool:
+    """Take `lock` if it is free, without waiting: for the read ticker's pump, which must
+    never wait. Why not `lock.acquire(blocking=False)` alone: a threading.Lock patched by
+    gevent yields to the event loop when that fails (gevent.sleep(), so spin locks work,
+    gevent#1464), i.e. the pump would stop in mid-round whenever a call's socket was being
+    written. Greenlets switch only when they wait, so a lock seen free here is taken."""
+    return not lock.locked() and lock.acquire(blocking=False)

@@ -25,6 +25,7 @@ from websockets.streams import StreamReader
 from websockets.sync.connection import Connection
 
 from shared.background import start_worker
+from shared.realtime import acquire_now
 from shared.ws_frames import BINARY, MASKED, WHOLE_DATA, frame_at
 
 _AT_EOF = StreamReader.at_eof.__code__
@@ -102,7 +103,7 @@ def send_binary_now(connection: Connection, data: bytes, writer: NowWriter) -> b
     record half written, a nearly full buffer), the rest is written by a worker of its own
     that holds the lock until it is done, so no frame interleaves with it."""
     mutex = connection.protocol_mutex
-    if not mutex.acquire(blocking=False):
+    if not acquire_now(mutex):
         return False
     handed_off = False
     try:

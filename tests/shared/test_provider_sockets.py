@@ -153,6 +153,7 @@ import time
 from collections import deque
 
 import gevent
+import greenlet
 from gevent.event import Event
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -236,6 +237,12 @@ def sender():
 
 
 gevent.spawn(sender)
+switches = []
+greenlet.settrace(lambda event, args: switches.append(event))
+ws.protocol_mutex.acquire()  # a sender greenlet is writing: refused at once, no switch
+refused_while_locked = not send_binary_now(ws, b"never", writer)
+greenlet.settrace(None)
+ws.protocol_mutex.release()
 messages = [bytes([n]) * (200 if n < 5 else SIZE) for n in range(MESSAGES)]
 outcomes, longest = [], 0.0
 for message in messages:
@@ -255,6 +262,8 @@ print(json.dumps({
     "longest_ms": 1000 * longest,
     "in_order": got == messages,
     "got": len(got),
+    "refused_while_locked": refused_while_locked,
+    "switches_while_refused": len(switches),
 }))
 """
 
@@ -270,3 +279,6 @@ def test_a_send_that_must_not_wait_never_does_and_every_message_arrives_whole(
     assert sent["outcomes"]["handed off"] >= 1  # part taken: a worker wrote the rest
     assert sent["outcomes"]["queued"] >= 1  # nothing taken: the sender wrote it
     assert sent["longest_ms"] < 100  # nothing waited for the provider (it read after 300)
+    # The lock held elsewhere: refused without a switch (a patched Lock's failed
+    # non-blocking acquire yields to the hub, which the pump must never do).
+    assert sent["refused_while_locked"] and sent["switches_while_refused"] == 0

@@ -1696,7 +1696,7 @@ ACTIVITIES = (  # (label, (file fragment, function)) found anywhere in the stack
     ("caller audio -> Deepgram (from the frame handler)", ("stt/deepgram.py", "send")),
     ("Deepgram results (in websockets' reader)", ("stt/deepgram.py", "_on_message")),
     ("frame handler: parse, reorder, hand to STT", ("web/voice/media.py", "_read")),
-    ("agent audio out: playout pacer, media+mark", ("voice/playout.py", "run")),
+    ("agent audio out: playout steps, media+mark", ("voice/playout.py", "_step")),
     ("TTS audio in (Cartesia reader, pump)", ("tts/cartesia.py", "_on_message")),
     ("TTS audio in (Cartesia reader, pump)", ("voice/responder.py", "_pump_audio")),
     ("reply: LLM stream, sentences, TTS push", ("voice/call_loop.py", "_run_reply")),
@@ -1719,11 +1719,13 @@ def _category(path: str) -> str:
 
 
 ACCOUNT_LABELS = {  # greenlets by the function they run
-    "web.voice.read_ticker.ReadTicker._run_pump": "frame pump: read, parse, reorder, hand to STT",
-    "pump rounds at checkpoints": "frame pump, its rounds at other greenlets' checkpoints",
+    "web.voice.read_ticker.ReadTicker._run_pump": (
+        "pump: callers' frames in (read, parse, reorder, to STT), playout steps out"
+    ),
+    "pump rounds at checkpoints": "pump, its rounds at other greenlets' checkpoints",
     "shared.voice.call_loop.CallLoop._run_reply": "replies: LLM stream, sentences, TTS push",
     "shared.providers.stt.deepgram.DeepgramStream._send_loop": "caller audio -> Deepgram",
-    "shared.voice.playout.Playout.run": "agent audio out (playout pacer)",
+    "shared.voice.playout.Playout.run": "agent audio out (playout pacer, no ticker)",
     "threading.Thread._bootstrap": "websockets' readers: Deepgram results, Cartesia audio",
     "gevent._gevent_cgreenlet.Greenlet._run": "short-lived greenlets (turn records, ...)",
     "shared.voice.recorder.TurnWriter._drain": "turn writer (database)",

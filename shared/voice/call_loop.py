@@ -2,7 +2,8 @@
 
 Greenlets per call: the websocket reader (it, or the read ticker's pump shared by all
 calls, calls `feed`, which therefore never waits), the STT stream's own, `_brain`
-(turn-taking), one responder per agent turn, the playout pacer and the turn writer.
+(turn-taking), one responder per agent turn, the turn writer, and the playout's pacing
+loop where the process has no `Pacer` to step it.
 Barge-in: caller speech while the agent is audible kills the responder (closing the LLM
 stream and cancelling TTS), sends `clear`, and records what was actually heard.
 """
@@ -29,7 +30,7 @@ from shared.observability.metrics import (
 from shared.providers.llm.base import AgentContext, ChatMessage
 from shared.providers.stt.base import SttEvent, SttEventKind, SttStream
 from shared.voice import telnyx_media as tm
-from shared.voice.playout import Playout
+from shared.voice.playout import Pacer, Playout
 from shared.voice.recorder import TurnRecord, TurnSink
 from shared.voice.responder import Reply, respond
 from shared.voice.stages import CallProviders
@@ -74,6 +75,7 @@ class CallLoop:
         on_end_call: Callable[[], None],
         on_transfer: Callable[[str], None],
         config: LoopConfig | None = None,
+        pacer: Pacer | None = None,
     ) -> None:
         config = config or LoopConfig()
         self.providers = providers
@@ -81,7 +83,7 @@ class CallLoop:
         self.sink = sink
         self.on_end_call = on_end_call
         self.on_transfer = on_transfer
-        self.playout = Playout(send, chunk_ms=config.chunk_ms, lead_ms=config.lead_ms)
+        self.playout = Playout(send, chunk_ms=config.chunk_ms, lead_ms=config.lead_ms, pacer=pacer)
         self.events: Queue[SttEvent | None] = Queue()
         self.reorder = tm.Reorderer()
         self.history: list[ChatMessage] = []
@@ -98,7 +100,9 @@ class CallLoop:
     # -- lifecycle -------------------------------------------------------------------
     def start(self) -> None:
         self.stt = self._open_stt(self.setup.language)
-        self.greenlets = [gevent.spawn(self.playout.run), gevent.spawn(self._brain)]
+        self.greenlets = [gevent.spawn(self._brain)]
+        if self.playout.needs_greenlet:
+            self.greenlets.append(gevent.spawn(self.playout.run))
         # The local agent embeds the agent's knowledge while the greeting plays, not when
         # the first question is waiting for its answer (~200 ms on this CPU).
         prepare = getattr(self.providers.llm.current, "prepare", None)
@@ -218,22 +222,20 @@ class CallLoop:
         if self.responder is not None and not self.responder.dead:
             self.responder.kill(block=False)
         self.turn_no += 1
-        reply = Reply(turn=self.turn_no, requested_at=time.monotonic())
+        reply = Reply(self.turn_no, time.monotonic(), speech_ended_at)
         self.reply = reply
         history = list(self.history)
-        self.responder = gevent.spawn(self._run_reply, setup, reply, history, speech_ended_at)
+        self.responder = gevent.spawn(self._run_reply, setup, reply, history)
 
     def _run_reply(
         self,
         setup: CallSetup,
         reply: Reply,
         history: list[ChatMessage],
-        speech_ended_at: float | None,
     ) -> None:
         respond(
             self.providers, setup.context, history, self.playout, reply, setup.voice, setup.language
         )
-        self._observe(reply, speech_ended_at)
         assert reply.audio is not None
         self.playout.wait_heard(reply.audio)  # a barge-in clears it, which ends the wait
         if self.reply is not reply:
@@ -251,16 +253,18 @@ class CallLoop:
         elif reply.tool == "transfer_call" and reply.arguments.get("to"):
             self.on_transfer(str(reply.arguments["to"]))
 
-    def _observe(self, reply: Reply, speech_ended_at: float | None) -> None:
+    def _observe(self, reply: Reply) -> dict[str, float]:
+        """The turn's latency figures, observed in the histograms (once, when recorded: its
+        first audio may go out after its TTS has finished, at the playout's next step)."""
         if reply.first_token_at is not None:
             VOICE_LLM_TTFT.observe(reply.first_token_at - reply.requested_at)
         if reply.first_audio_at is not None and reply.first_text_at is not None:
             VOICE_TTS_TTFA.observe(reply.first_audio_at - reply.first_text_at)
-        latency = self._latency(reply, speech_ended_at)
+        latency = self._latency(reply, reply.speech_ended_at)
         if latency.get("voice_to_voice_ms") is not None:
             VOICE_TO_VOICE.observe(latency["voice_to_voice_ms"] / 1000)
             VOICE_LOOP_OVERHEAD.observe(max(0.0, latency["overhead_ms"]) / 1000)
-        reply.latency = latency
+        return latency
 
     @staticmethod
     def _latency(reply: Reply, speech_ended_at: float | None) -> dict[str, float]:
@@ -329,11 +333,11 @@ class CallLoop:
         if reply.recorded:
             return
         reply.recorded = True
+        latency = self._observe(reply)
         text = reply.heard_text() if interrupted else reply.text
         if not reply.text and reply.audio is None:
             return
         self.history.append(ChatMessage("assistant", text or reply.text))
-        latency = reply.latency or self._latency(reply, None)
         first_sent = reply.audio.first_sent_at if reply.audio else None
         self.sink.record(
             TurnRecord(

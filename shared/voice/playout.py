@@ -4,6 +4,11 @@ Only a small lead is ever buffered at Telnyx (`lead_ms` plus one chunk), so a `c
 cuts the agent off at once. Each chunk is followed by a mark; Telnyx echoes a mark when
 the audio before it has played, which tells us exactly what the caller heard.
 
+Two ways to be paced: with a `Pacer` (the voice process's read ticker) each call's playout
+is stepped in the ticker's rounds, beside the callers' frames, and sends without waiting;
+without one (no ticker: tests, scripts, not Linux), `run()` paces it in a greenlet of its
+own. Either way `_step` decides what goes out when.
+
 A silence the caller hears inside a turn (the audio sent so far played out before the
 next chunk went) is counted in `voice_playout_gaps_total`, by cause: `tts` when no audio
 had come for it yet, `playout` when it was waiting here (this process was behind).
@@ -11,13 +16,13 @@ had come for it yet, `playout` when it was waiting here (this process was behind
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import gevent
 from gevent.event import Event
 
 from shared.observability.metrics import VOICE_PLAYOUT_GAPS
@@ -35,6 +40,7 @@ log = logging.getLogger(__name__)
 BYTES_PER_MS = 8  # 8 kHz μ-law
 SILENCE = b"\xff"
 GAP_S = 0.04  # a silence inside a turn the caller would hear
+PARTIAL_S = 0.02  # send less than a chunk once the audio sent plays out within this
 
 
 @dataclass
@@ -55,6 +61,21 @@ class TurnAudio:
     changed: Event = field(default_factory=Event)  # set when all heard, cleared, or closed
 
 
+@dataclass(frozen=True, slots=True)
+class Pacer:
+    """Steps a playout from the process's real-time rounds (web/voice/read_ticker.py)
+    instead of a greenlet per call. Why: a greenlet woken for each chunk cost a timer and
+    two switches through the hub, and under load it waited behind everything the hub had
+    to run (silences the caller heard while the callers' frames, read first, were fine).
+
+    `at(when, step)`: call `step()` at or after `when` (`time.monotonic()`), where it must
+    not wait. `send_now(*messages)`: send them in one write without waiting; False when
+    nothing was sent because it would have had to (try again later); raises StreamClosed."""
+
+    at: Callable[[float, Callable[[], None]], None]
+    send_now: Callable[..., bool]
+
+
 class Playout:
     def __init__(
         self,
@@ -63,8 +84,12 @@ class Playout:
         chunk_ms: int = 100,
         lead_ms: int = 200,
         clock: Callable[[], float] = time.monotonic,
+        pacer: Pacer | None = None,
     ) -> None:
         self._send = send
+        self._pacer = pacer
+        self._hungry = True  # waiting for audio: `add` and `finish` step it
+        self._stepping = 0  # the pacer's live step (older ones ask in vain)
         self.chunk = chunk_ms * BYTES_PER_MS
         self.lead = lead_ms / 1000
         self.clock = clock
@@ -92,7 +117,7 @@ class Playout:
         audio.total += len(ulaw)
         if segment_end:
             audio.segment_ends.append(audio.total)
-        self.wakeup.set()
+        self._fed()
 
     def end_segment(self, audio: TurnAudio) -> None:
         if not audio.segment_ends or audio.segment_ends[-1] != audio.total:
@@ -100,7 +125,17 @@ class Playout:
 
     def finish(self, audio: TurnAudio) -> None:
         audio.finished = True
-        self.wakeup.set()
+        self._fed()
+
+    def _fed(self) -> None:
+        """New audio, or the end of a turn's: step now if the pacing waits for it."""
+        if not self._hungry:
+            return
+        self._hungry = False
+        if self._pacer is None:
+            self.wakeup.set()
+        else:
+            self._ask(self.clock())
 
     # -- control ---------------------------------------------------------------------
     def clear(self) -> TurnAudio | None:
@@ -114,6 +149,7 @@ class Playout:
         self.send(CLEAR_MESSAGE)
         self.play_end = self.clock()
         self.idle.set()
+        self._hungry = True  # the next turn's first audio goes at once, not at a lead's end
         return current
 
     def on_mark(self, name: str) -> None:
@@ -157,23 +193,55 @@ class Playout:
             log.debug("media socket closed while sending: %s", exc)
             self.close()
 
-    # -- the pacing loop (one greenlet per call) --------------------------------------
+    # -- pacing ---------------------------------------------------------------------
+    @property
+    def needs_greenlet(self) -> bool:
+        """No pacer: `run()` must be spawned."""
+        return self._pacer is None
+
     def run(self) -> None:
+        """The pacing loop without a pacer, in a greenlet of its own."""
         while not self.closed:
-            checkpoint()  # between two chunks: the state is whole
+            checkpoint()  # between two steps: the state is whole
+            due = self._step()
+            if self.closed:
+                return
+            self.wakeup.wait(None if due is None else max(0.0, due - self.clock()))
+            self.wakeup.clear()
+
+    def _ask(self, when: float) -> None:
+        """Have the pacer step this at `when` (the step asked for before is void)."""
+        assert self._pacer is not None
+        self._stepping += 1
+        self._pacer.at(when, functools.partial(self._paced_step, self._stepping))
+
+    def _paced_step(self, stepping: int) -> None:
+        if stepping != self._stepping or self.closed:
+            return
+        due = self._step()
+        if due is not None and not self.closed:
+            self._ask(due)
+
+    def _step(self) -> float | None:
+        """Send every chunk that is due now. Returns when to step again (on `clock`), or
+        None to wait for audio; `_hungry` says whether new audio should step it sooner."""
+        self._hungry = False
+        while not self.closed:
             audio = self.turns[0] if self.turns else None
             if audio is None:
                 self.idle.set()
-                self.wakeup.wait()
-                self.wakeup.clear()
-                continue
-            ahead = self.play_end - self.clock()
-            if ahead > self.lead:
-                gevent.sleep(ahead - self.lead)
-                continue
-            if not self._send_next(audio):
-                self.wakeup.wait(timeout=0.05)
-                self.wakeup.clear()
+                break
+            now = self.clock()
+            if self.play_end - now > self.lead:
+                return self.play_end - self.lead
+            sent = self._send_next(audio, now)
+            if sent is None:  # not enough audio for a chunk yet
+                self._hungry = True
+                return self.play_end - PARTIAL_S if audio.queued else None
+            if not sent:  # the socket would have made us wait: the next round
+                return now
+        self._hungry = True
+        return None
 
     def _count_gap(self, audio: TurnAudio, now: float) -> None:
         """Before a chunk of a turn already playing: did the caller hear silence, and why?"""
@@ -181,30 +249,32 @@ class Playout:
             waited = audio.waiting_since is not None and audio.waiting_since <= self.play_end
             VOICE_PLAYOUT_GAPS.labels("playout" if waited else "tts").inc()
 
-    def _send_next(self, audio: TurnAudio) -> bool:
-        """Send one chunk of the head turn; False when it has nothing ready yet."""
+    def _send_next(self, audio: TurnAudio, now: float) -> bool | None:
+        """Send one chunk of the head turn: True when sent (or the turn is done), None when
+        it has too little audio yet, False when the pacer's send would have had to wait."""
         size = min(self.chunk, len(audio.queued))
         # Wait for a full chunk, unless the caller would hear a gap meanwhile.
         if (
             size < self.chunk
             and not audio.finished
-            and (size == 0 or self.play_end - self.clock() > 0.02)
+            and (size == 0 or self.play_end - now > PARTIAL_S)
         ):
-            return False
+            return None
         if size == 0:  # finished and drained
             self.turns.popleft()
             return True
         piece = bytes(audio.queued[:size])
-        del audio.queued[:size]
         if len(piece) % 160:  # Telnyx wants whole 20 ms frames
             piece += SILENCE * (160 - len(piece) % 160)
-        now = self.clock()
-        self._count_gap(audio, now)
-        audio.waiting_since = now if audio.queued else None
         name = f"{audio.turn}:{audio.sent + size}"
-        self.send(media_message(piece), mark_message(name))  # one write for both
+        messages = (media_message(piece), mark_message(name))  # one write for both
+        if not self._deliver(messages):
+            return False
         if self.closed:
             return True
+        del audio.queued[:size]
+        self._count_gap(audio, now)
+        audio.waiting_since = now if audio.queued else None
         audio.sent += size
         if audio.first_sent_at is None:
             audio.first_sent_at = now
@@ -212,3 +282,15 @@ class Playout:
         self.by_name[name] = audio
         self.play_end = max(self.play_end, now) + len(piece) / (BYTES_PER_MS * 1000)
         return True
+
+    def _deliver(self, messages: tuple[str, ...]) -> bool:
+        """Send through the pacer's `send_now` (False: it would have waited), else `send`."""
+        if self._pacer is None:
+            self.send(*messages)
+            return True
+        try:
+            return self._pacer.send_now(*messages)
+        except StreamClosed as exc:
+            log.debug("media socket closed while sending: %s", exc)
+            self.close()
+            return True

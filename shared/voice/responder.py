@@ -29,6 +29,7 @@ class Reply:
 
     turn: int
     requested_at: float
+    speech_ended_at: float | None = None  # the caller's turn it answers (None: the greeting)
     text_parts: list[str] = field(default_factory=list)
     first_token_at: float | None = None
     first_text_at: float | None = None  # first sentence handed to TTS
@@ -37,7 +38,6 @@ class Reply:
     arguments: dict[str, Any] = field(default_factory=dict)
     audio: TurnAudio | None = None
     done: bool = False
-    latency: dict[str, float] = field(default_factory=dict)
     recorded: bool = False
 
     @property

@@ -4,6 +4,7 @@ oversized messages, and what it sends."""
 
 from __future__ import annotations
 
+import json
 import random
 import socket
 import threading
@@ -310,3 +311,99 @@ def test_under_gevent_each_frame_costs_one_read() -> None:
     messages, reads = map(int, run_fresh(GEVENT_READS).split())
     assert messages == 20
     assert reads <= messages + 2  # the frames, the EOF, at most one spurious wake-up
+
+
+SEND_NOW_SCRIPT = r"""
+from gevent import monkey
+monkey.patch_all()
+
+import json
+import socket
+
+import gevent
+import greenlet
+from websockets.client import ClientProtocol
+from websockets.frames import Frame
+from websockets.protocol import State
+from websockets.uri import parse_uri
+
+import web.voice.media_socket as media_socket
+from tests.shared.socket_doubles import Upgraded
+from web.voice.media_socket import MediaSocket
+from web.voice.read_ticker import read_ticker
+
+listener = socket.create_server(("127.0.0.1", 0))
+client = socket.create_connection(listener.getsockname())
+client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+server = listener.accept()[0]
+server.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)  # TCP: partial writes too
+media = MediaSocket(Upgraded(server), max_message_bytes=1024, ping_s=60, ticker=read_ticker())
+handed_off = []
+start_worker = media_socket.start_worker
+media_socket.start_worker = lambda run, name: handed_off.append(name) or start_worker(run, name)
+
+switched = []  # a greenlet switch while send_now runs: it waited
+inside = [False]
+greenlet.settrace(lambda event, args: inside[0] and switched.append(event))
+
+media._write_lock.acquire()  # another greenlet is writing
+refused_while_locked = not media.send_now("never")
+media._write_lock.release()
+
+expected, refused = [], 0
+
+
+def pacer():  # as the playout does: a refused message is tried again later
+    global refused
+    for n in range(60):
+        text = f"{n}:" + "x" * 3000
+        while True:
+            inside[0] = True
+            went = media.send_now(text, f"mark {n}")
+            inside[0] = False
+            if went:
+                expected.extend([text, f"mark {n}"])
+                break
+            refused += 1
+            gevent.sleep(0.002)
+        if n % 20 == 0:
+            media.send(f"clear {n}")  # a blocking send between them, from this greenlet
+            expected.append(f"clear {n}")
+
+
+got = []
+
+
+def peer():  # Telnyx, reading slowly
+    protocol = ClientProtocol(parse_uri("ws://voice/media/telnyx"), state=State.OPEN)
+    while len(got) < len(expected) or not done.dead:
+        gevent.sleep(0.003)
+        protocol.receive_data(client.recv(2048))
+        got.extend(e.data.decode() for e in protocol.events_received() if isinstance(e, Frame))
+
+
+done = gevent.spawn(pacer)
+reader = gevent.spawn(peer)
+done.join(20)
+reader.join(20)
+media.close()
+print(json.dumps({
+    "refused_while_locked": refused_while_locked,
+    "in_order": got == expected,
+    "messages": len(got),
+    "refused": refused,
+    "handed_off": len(handed_off),
+    "switched": len(switched),
+}))
+"""
+
+
+def test_send_now_never_waits_and_what_it_takes_arrives_whole_and_in_order() -> None:
+    # The read ticker's pump sends agent audio with it: a message the socket cannot take
+    # now is refused (tried again later), never waited for, and never half-sent and lost.
+    result = json.loads(run_fresh(SEND_NOW_SCRIPT))
+    assert result["refused_while_locked"]
+    assert result["in_order"] and result["messages"] == 60 * 2 + 3
+    assert result["refused"] > 0, "the small buffers filled: some sends were refused"
+    assert result["handed_off"] > 0, "some were taken in part, their rest written by a worker"
+    assert result["switched"] == 0

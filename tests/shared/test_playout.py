@@ -5,29 +5,58 @@ from __future__ import annotations
 import base64
 import json
 import time
+from collections.abc import Callable
+from typing import Any
 
 import gevent
+import pytest
 from gevent.event import Event
 from prometheus_client import REGISTRY
 
-from shared.voice.playout import Playout
+from shared.voice.playout import Pacer, Playout
 from shared.voice.telnyx_media import StreamClosed
+from web.voice.read_ticker import ReadTicker
 
 SECOND = 8000  # bytes of 8 kHz μ-law
 
 
-def run(playout: Playout) -> gevent.Greenlet:
-    return gevent.spawn(playout.run)
+@pytest.fixture(params=["greenlet", "ticker"])
+def pacing(request: pytest.FixtureRequest) -> str:
+    """Every test twice: paced by a greenlet of its own, and by a read ticker's rounds (the
+    voice process's way)."""
+    return str(request.param)
 
 
-def test_audio_is_paced_against_real_time_with_a_mark_after_each_chunk() -> None:
+def paced_playout(
+    send: Callable[..., None], pacing: str, **options: Any
+) -> tuple[Playout, gevent.Greenlet]:
+    """A playout and what paces it: its `run()` greenlet, or a greenlet that ends when it
+    closes while a read ticker steps it (sending through `send` as its `send_now`)."""
+    if pacing == "greenlet":
+        playout = Playout(send, **options)
+        return playout, gevent.spawn(playout.run)
+
+    def send_now(*texts: str) -> bool:
+        send(*texts)
+        return True
+
+    playout = Playout(send, pacer=Pacer(ReadTicker().at, send_now), **options)
+    return playout, gevent.spawn(_until_closed, playout)
+
+
+def _until_closed(playout: Playout) -> None:
+    while not playout.closed:
+        gevent.sleep(0.01)
+
+
+def test_audio_is_paced_against_real_time_with_a_mark_after_each_chunk(pacing: str) -> None:
     sent: list[tuple[float, dict]] = []
-    playout = Playout(
+    playout, pacer = paced_playout(
         lambda *texts: sent.extend((time.monotonic(), json.loads(t)) for t in texts),
+        pacing,
         chunk_ms=40,
         lead_ms=80,
     )
-    pacer = run(playout)
     audio = playout.begin_turn(1)
     start = time.monotonic()
     playout.add(audio, b"\x7f" * (SECOND // 2))  # 500 ms
@@ -45,12 +74,11 @@ def test_audio_is_paced_against_real_time_with_a_mark_after_each_chunk() -> None
     assert time.monotonic() - start >= 0.5 - 0.08 - 0.04
 
 
-def test_marks_tell_what_was_heard_and_clear_drops_the_rest() -> None:
+def test_marks_tell_what_was_heard_and_clear_drops_the_rest(pacing: str) -> None:
     sent: list[dict] = []
-    playout = Playout(
-        lambda *texts: sent.extend(json.loads(t) for t in texts), chunk_ms=100, lead_ms=100
+    playout, pacer = paced_playout(
+        lambda *texts: sent.extend(json.loads(t) for t in texts), pacing, chunk_ms=100, lead_ms=100
     )
-    pacer = run(playout)
     audio = playout.begin_turn(7)
     playout.add(audio, b"\x7f" * SECOND)
     gevent.sleep(0.25)
@@ -67,7 +95,7 @@ def test_marks_tell_what_was_heard_and_clear_drops_the_rest() -> None:
     pacer.join(timeout=1)
 
 
-def test_a_socket_closed_mid_turn_stops_the_pacer_quietly() -> None:
+def test_a_socket_closed_mid_turn_stops_the_pacer_quietly(pacing: str) -> None:
     sent: list[str] = []
 
     def send(*texts: str) -> None:
@@ -75,8 +103,7 @@ def test_a_socket_closed_mid_turn_stops_the_pacer_quietly() -> None:
             raise StreamClosed("BrokenPipeError")
         sent.extend(texts)
 
-    playout = Playout(send, chunk_ms=20, lead_ms=40)
-    pacer = run(playout)
+    playout, pacer = paced_playout(send, pacing, chunk_ms=20, lead_ms=40)
     audio = playout.begin_turn(1)
     playout.add(audio, b"\x7f" * SECOND)
     pacer.join(timeout=2)
@@ -86,10 +113,13 @@ def test_a_socket_closed_mid_turn_stops_the_pacer_quietly() -> None:
     assert len(sent) == 4
 
 
-def test_waiting_for_a_turn_to_be_heard_ends_on_its_last_mark_a_clear_or_the_clock() -> None:
+def test_waiting_for_a_turn_to_be_heard_ends_on_its_last_mark_a_clear_or_the_clock(
+    pacing: str,
+) -> None:
     sent: list[dict] = []
-    playout = Playout(lambda *texts: sent.extend(json.loads(t) for t in texts), lead_ms=1000)
-    pacer = run(playout)
+    playout, pacer = paced_playout(
+        lambda *texts: sent.extend(json.loads(t) for t in texts), pacing, lead_ms=1000
+    )
 
     heard = playout.begin_turn(1)
     playout.add(heard, b"\x7f" * SECOND)  # 1 s, all sent at once (1 s lead)
@@ -136,7 +166,7 @@ class _CountedWaits:
         return bool(self.event.wait(timeout))
 
 
-def test_waiting_for_a_long_answer_to_be_heard_wakes_once_not_once_per_lead() -> None:
+def test_waiting_for_a_long_answer_to_be_heard_wakes_once_not_once_per_lead(pacing: str) -> None:
     # Telnyx echoes each mark when the audio before it has played.
     playout: Playout
     played_until = [0.0]
@@ -150,8 +180,7 @@ def test_waiting_for_a_long_answer_to_be_heard_wakes_once_not_once_per_lead() ->
                 due = played_until[0] - time.monotonic()
                 gevent.spawn_later(due, playout.on_mark, message["mark"]["name"])
 
-    playout = Playout(send, chunk_ms=100, lead_ms=200)
-    pacer = run(playout)
+    playout, pacer = paced_playout(send, pacing, chunk_ms=100, lead_ms=200)
     answer = playout.begin_turn(1)
     answer.changed = _CountedWaits(answer.changed)  # type: ignore[assignment]
     playout.add(answer, b"\x7f" * (3 * SECOND // 2))  # 1.5 s, all from TTS already
@@ -169,9 +198,8 @@ def _gaps(cause: str) -> float:
     return REGISTRY.get_sample_value("voice_playout_gaps_total", {"cause": cause}) or 0.0
 
 
-def test_a_silence_inside_a_turn_is_counted_with_its_cause() -> None:
-    playout = Playout(lambda *texts: None, chunk_ms=20, lead_ms=40)
-    pacer = run(playout)
+def test_a_silence_inside_a_turn_is_counted_with_its_cause(pacing: str) -> None:
+    playout, pacer = paced_playout(lambda *texts: None, pacing, chunk_ms=20, lead_ms=40)
     tts, here = _gaps("tts"), _gaps("playout")
 
     # The TTS is late: 100 ms of audio plays out, the rest comes 200 ms after.
@@ -201,3 +229,54 @@ def test_a_silence_inside_a_turn_is_counted_with_its_cause() -> None:
     assert (_gaps("tts") - tts, _gaps("playout") - here) == (1, 1)
     playout.close()
     pacer.join(timeout=1)
+
+
+def test_after_a_clear_the_next_turns_audio_goes_at_once(pacing: str) -> None:
+    sent: list[tuple[float, dict]] = []
+    playout, pacer = paced_playout(
+        lambda *texts: sent.extend((time.monotonic(), json.loads(t)) for t in texts),
+        pacing,
+        chunk_ms=400,
+        lead_ms=400,
+    )
+    cut = playout.begin_turn(1)
+    playout.add(cut, b"\x7f" * (2 * SECOND))
+    gevent.sleep(0.05)  # two chunks out: the pacer waits ~350 ms for the lead to shrink
+    playout.clear()
+    answer = playout.begin_turn(2)
+    added = time.monotonic()
+    playout.add(answer, b"\x7f" * SECOND)
+    gevent.sleep(0.15)
+    first = next(t for t, m in sent if m["event"] == "mark" and m["mark"]["name"].startswith("2:"))
+    assert first - added < 0.1, "the new turn waited for the cut turn's pacing"
+    playout.close()
+    pacer.join(timeout=1)
+
+
+def test_a_send_that_would_wait_is_tried_again_in_a_later_round_with_nothing_lost() -> None:
+    ticker = ReadTicker()
+    sent: list[dict] = []
+    tries = [0]
+    in_pump: set[bool] = set()
+
+    def send_now(*texts: str) -> bool:
+        in_pump.add(gevent.getcurrent() is ticker._pump)
+        tries[0] += 1
+        if tries[0] % 3 == 0:
+            return False  # the socket's buffer is full: nothing was sent
+        sent.extend(json.loads(t) for t in texts)
+        return True
+
+    playout = Playout(lambda *t: None, chunk_ms=20, lead_ms=40, pacer=Pacer(ticker.at, send_now))
+    audio = playout.begin_turn(1)
+    pcm = bytes(range(256)) * 2  # 512 bytes: every chunk tells where it came from
+    playout.add(audio, pcm)
+    playout.finish(audio)
+    playout.idle.wait(timeout=3)
+    media = [base64.b64decode(m["media"]["payload"]) for m in sent if m["event"] == "media"]
+    marks = [m["mark"]["name"] for m in sent if m["event"] == "mark"]
+    assert tries[0] > len(media) > 3, "some sends were refused and tried again"
+    assert b"".join(media)[: len(pcm)] == pcm  # each chunk once, in order (then padding)
+    assert marks == ["1:160", "1:320", "1:480", "1:512"] and audio.sent == len(pcm)
+    assert in_pump == {True}, "every step ran in the ticker's pump"
+    playout.close()

@@ -411,3 +411,62 @@ def test_with_delayed_acks_the_pump_acks_telnyxs_frames_far_less_often() -> None
     # second one (RFC 1122), or on the kernel's delayed-ACK timer.
     assert sent["every read"]["segments_out"] >= 28
     assert sent["delayed"]["segments_out"] <= 18
+
+
+STEPS_SCRIPT = r"""
+import json
+import time
+
+import gevent
+
+from shared import realtime
+from web.voice.read_ticker import read_ticker
+
+ticker = read_ticker()
+realtime.register(ticker.catch_up)
+ran = []
+start = time.monotonic()
+
+
+def step(name):
+    def run():
+        ran.append((name, time.monotonic() - start, gevent.getcurrent() is ticker._pump))
+        if name == "again":  # asks for another step at once, from inside the steps
+            ticker.at(time.monotonic(), step("asked from a step"))
+
+    return run
+
+
+# No socket is watched at all: the steps alone start the timer and the pump.
+ticker.at(start + 0.05, step("later"))
+ticker.at(start + 0.01, step("sooner"))
+ticker.at(start + 0.01, step("again"))
+gevent.sleep(0.1)
+timer_stopped = not ticker._timer.active
+
+# Work that never yields still has a step run at its checkpoints.
+ticker.at(time.monotonic() + 0.01, step("in bulk work"))
+busy_from = time.monotonic() - start
+while time.monotonic() - start < busy_from + 0.05:
+    realtime.checkpoint()
+print(json.dumps({"ran": ran, "timer_stopped": timer_stopped, "busy_from": busy_from}))
+"""
+
+
+def test_steps_run_in_the_pumps_rounds_in_time_order_and_never_early() -> None:
+    result = json.loads(run_fresh(STEPS_SCRIPT))
+    ran = {name: (at, in_pump) for name, at, in_pump in result["ran"]}
+    assert [name for name, _, _ in result["ran"]] == [
+        "sooner",
+        "again",
+        "asked from a step",  # in the next round, not in the one that ran "again"
+        "later",
+        "in bulk work",
+    ]
+    # In the pump's greenlet, woken by the ticker; the last in the busy greenlet's checkpoint.
+    assert [in_pump for _, in_pump in ran.values()] == [True, True, True, True, False]
+    assert ran["sooner"][0] >= 0.01 and ran["later"][0] >= 0.05
+    assert ran["asked from a step"][0] > ran["again"][0]
+    assert result["timer_stopped"], "nothing left to step: the timer stops"
+    # Run at a checkpoint of the busy greenlet, in time, though the hub never got a turn.
+    assert result["busy_from"] + 0.01 <= ran["in bulk work"][0] < result["busy_from"] + 0.03

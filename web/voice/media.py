@@ -12,7 +12,8 @@ from __future__ import annotations
 import enum
 import logging
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from flask import current_app, request
 from simple_websocket import ConnectionClosed
@@ -27,7 +28,9 @@ from shared.observability.metrics import (
 from shared.services import call_context, stream_tokens
 from shared.voice import telnyx_media as tm
 from shared.voice.call_loop import CallLoop, CallSetup
+from shared.voice.playout import Pacer
 from web.voice.media_socket import MediaSocket
+from web.voice.read_ticker import ReadTicker
 from web.voice.runtime import VoiceRuntime
 
 log = logging.getLogger(__name__)
@@ -37,6 +40,7 @@ FLOOD_RATE = 60.0  # frames a second: Telnyx sends 50 (20 ms each); 20 % of slac
 FLOOD_SLACK = 500  # frames (10 s of audio) that may come in a burst after a stall
 MAX_MESSAGE_BYTES = 64 * 1024  # media frames are ~300 bytes; nothing legitimate comes near
 PING_S = 25.0
+T = TypeVar("T")
 
 
 def media_stream(ws: Any) -> None:
@@ -71,7 +75,8 @@ def _serve(runtime: VoiceRuntime, ws: MediaSocket) -> None:
         extra={"call_id": str(start.call_id), "stream_id": stream_start.stream_id},
     )
     loop = CallLoop(
-        send=_sender(ws),
+        send=_closed_as_stream_closed(ws.send),
+        pacer=_pacer(ws, runtime.read_ticker()),
         providers=runtime.call_providers(),
         setup=CallSetup(start.context, start.voice, start.language),
         sink=runtime.turns.for_call(start.call_id),
@@ -215,16 +220,23 @@ def _read(ws: MediaSocket, loop: CallLoop, call_id: str) -> None:
             return
 
 
-def _sender(ws: MediaSocket) -> tm.Sender:
-    """`ws.send`, with a closed socket reported as the loop's own StreamClosed."""
+def _closed_as_stream_closed(send: Callable[..., T]) -> Callable[..., T]:
+    """`send` (MediaSocket's), with a closed socket reported as the loop's StreamClosed."""
 
-    def send(*messages: str) -> None:
+    def sending(*messages: str) -> T:
         try:
-            ws.send(*messages)
+            return send(*messages)
         except (ConnectionClosed, OSError) as exc:  # OSError: BrokenPipe, reset
             raise tm.StreamClosed(type(exc).__name__) from exc
 
-    return send
+    return sending
+
+
+def _pacer(ws: MediaSocket, ticker: ReadTicker | None) -> Pacer | None:
+    """The call's playout stepped by the read ticker's rounds, where there is a ticker."""
+    if ticker is None or not ws.can_send_now:
+        return None
+    return Pacer(at=ticker.at, send_now=_closed_as_stream_closed(ws.send_now))
 
 
 def _reject(ws: MediaSocket, reason: str) -> None:

@@ -6,10 +6,14 @@ and hands every message over through an Event, two more greenlet switches for ea
 frame of every call, and frames with wsproto, pure Python (13 µs per media frame here
 against 3.7 µs for websockets' sans-I/O protocol, C-accelerated unmasking). At 50 inbound
 frames a second per call, those hand-offs were most of an open line's cost. So the reader
-greenlet recv()s and parses here, and `send()` frames with the same protocol object. The
-reader is woken by the process's read ticker (`read_ticker.py`) when there is one, and
-`pump()` hands the steady stream of data frames to the ticker's pump, which reads them in
-its own greenlet with no greenlet switch per frame.
+greenlet recv()s and parses here, with the same protocol object for what is not a whole
+data frame (below). The reader is woken by the process's read ticker (`read_ticker.py`)
+when there is one, and `pump()` hands the steady stream of data frames to the ticker's
+pump, which reads them in its own greenlet with no greenlet switch per frame.
+
+Outbound: text messages are framed by hand (`server_text`, one header), the protocol
+object writes only its control frames (pong, ping, close). `send()` may wait for the
+socket; `send_now()` never does, for the pump, which steps every call's playout.
 
 Inbound framing has a fast path, written here because it is the hottest code of the voice
 process: websockets' parser is a chain of generators (`read_exact` per header field), which
@@ -57,7 +61,8 @@ from websockets.speedups import apply_mask  # C; websockets builds it on every p
 
 from shared.background import start_worker
 from shared.providers.messages import send_all
-from shared.ws_frames import MASKED, WHOLE_DATA, frame_at
+from shared.realtime import acquire_now
+from shared.ws_frames import MASKED, WHOLE_DATA, frame_at, server_text
 from web.voice.read_ticker import ReadTicker
 
 RECV_BYTES = 65536
@@ -208,9 +213,44 @@ class MediaSocket:
         with self._write_lock:
             if self._protocol.state is not State.OPEN:
                 raise ConnectionClosed()
-            for text in texts:
-                self._protocol.send_text(text.encode())
-            self._flush()
+            self._sendall([server_text(text.encode()) for text in texts], quiet=False)
+
+    @property
+    def can_send_now(self) -> bool:
+        """`send_now` can write (it has the non-blocking socket under gevent's wrapper)."""
+        return self._raw is not None
+
+    def send_now(self, *texts: str) -> bool:
+        """`send()` for the read ticker's pump, which must never wait: True when the
+        messages went (or their rest is being finished by a worker that holds the write
+        lock), False when nothing was sent because it would have had to wait (the lock is
+        held, the socket's buffer is full): send again later. Raises as `send`.
+        A refused message is simply framed again: a server's frames carry no mask."""
+        if self._raw is None or not acquire_now(self._write_lock):
+            return False
+        handed_off = False
+        try:
+            if self._protocol.state is not State.OPEN:
+                raise ConnectionClosed()
+            out = b"".join([server_text(text.encode()) for text in texts])
+            try:
+                sent = self._raw.send(out)
+            except BlockingIOError:
+                return False
+            if sent < len(out):
+                start_worker(functools.partial(self._finish_send, out[sent:]), "media-send-rest")
+                handed_off = True
+            return True
+        finally:
+            if not handed_off:
+                self._write_lock.release()
+
+    def _finish_send(self, rest: bytes) -> None:
+        """The rest of a `send_now` that the socket took only part of, the lock held."""
+        try:
+            self._sendall([rest], quiet=True)  # a gone peer: the reader sees it
+        finally:
+            self._write_lock.release()
 
     def close(self, code: int = 1000, reason: str = "") -> None:
         """Start the closing handshake (idempotent); the socket is gunicorn's to close."""

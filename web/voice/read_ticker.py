@@ -21,6 +21,10 @@ Two ways to be served, per socket:
 - `readable(fileno)`: a `wait()` for the call's own reader greenlet, woken from the timer
   (the slow path: the start of the stream, control frames, closing). A reader that blocks
   (a write lock, say) holds up only its own call.
+- `at(when, step)`: `step()` in the first pump round at or after `when`, after the round's
+  reads: the calls' playout pacers (shared/voice/playout.py), so agent audio goes out with
+  the same priority as the callers' audio comes in, and a chunk costs no greenlet wake-up
+  (a timer, two switches). Like `read()`, a step must never wait.
 
 - `TickerSelector`: a `selectors` selector on the ticker, for the provider sockets. The
   Deepgram and Cartesia SDKs talk over websockets' sync client, whose reader thread (a
@@ -38,6 +42,8 @@ documented low-level hand-off from the hub to one greenlet.
 from __future__ import annotations
 
 import contextlib
+import heapq
+import itertools
 import logging
 import select
 import selectors
@@ -102,6 +108,8 @@ class ReadTicker:
         self._sockets: dict[int, _Socket] = {}
         self._waiting: dict[int, _Waiting] = {}
         self._pumped: dict[int, _Socket] = {}
+        self._steps: list[tuple[float, int, Callable[[], None]]] = []  # a heap, by time
+        self._order = itertools.count()  # ties in time run in the order they were asked
         self._pump_wake = Waiter()
         self._pump: gevent.Greenlet | None = None
         self._round_at = 0.0  # when the last pump round began
@@ -136,13 +144,21 @@ class ReadTicker:
             _unregister(self._epoll, fileno)
         sock.read = read
         self._watch(sock, self._pump_epoll, self._pumped)
-        if self._pump is None or self._pump.dead:
-            self._pump = gevent.spawn(self._run_pump)
+        self._start_pump()
         try:
             sock.handed_back.get()
         finally:
             sock.handed_back.clear()
             self._unpump(sock)
+
+    def at(self, when: float, step: Callable[[], None]) -> None:
+        """Run `step()` in the pump's greenlet, in the first round at or after `when` (on
+        `time.monotonic()`), after the round's reads. It must never wait. A step asked for
+        while the steps run waits for the next round, so a step that asks again at once
+        cannot hold the round."""
+        heapq.heappush(self._steps, (when, next(self._order), step))
+        self._start_timer()
+        self._start_pump()
 
     def forget(self, fileno: int) -> None:
         """The socket is done (call before it is closed): no more ticks for it. A reader
@@ -174,7 +190,7 @@ class ReadTicker:
         self._stop_if_idle()
 
     def _stop_if_idle(self) -> None:
-        if not self._waiting and not self._pumped and self._timer is not None:
+        if not self._waiting and not self._pumped and not self._steps and self._timer is not None:
             self._timer.stop()
 
     @property
@@ -187,11 +203,18 @@ class ReadTicker:
         except FileExistsError:  # a socket that was never forgotten, its number reused
             epoll.modify(sock.fileno, select.EPOLLIN)
         into[sock.fileno] = sock
+        self._start_timer()
+
+    def _start_timer(self) -> None:
         if self._timer is None:
             # ref=False: the ticker alone does not keep the event loop running.
             self._timer = gevent.get_hub().loop.timer(self._tick_s, self._tick_s, ref=False)
         if not self._timer.active:
             self._timer.start(self._tick)
+
+    def _start_pump(self) -> None:
+        if self._pump is None or self._pump.dead:
+            self._pump = gevent.spawn(self._run_pump)
 
     def _unpump(self, sock: _Socket) -> bool:
         """Stop pumping `sock`; False if it was not pumped."""
@@ -209,7 +232,7 @@ class ReadTicker:
                 sock = waiting.get(fileno)  # a reader switched to just now may have closed
                 if sock is not None:
                     sock.ready(fileno)
-        if self._pumped and self._pump_wake.greenlet is not None:
+        if (self._pumped or self._steps) and self._pump_wake.greenlet is not None:
             self._pump_wake.switch(None)
 
     def catch_up(self, late_s: float = LATE_S) -> None:
@@ -217,7 +240,11 @@ class ReadTicker:
         pump round now if none began in the last `late_s`. The tick's own round waits for
         the event loop's turn, which under load runs hundreds of greenlets first; a round
         never waits, so it can run anywhere but inside another round."""
-        if self._pumped and not self._in_round and time.monotonic() - self._round_at >= late_s:
+        if (
+            (self._pumped or self._steps)
+            and not self._in_round
+            and time.monotonic() - self._round_at >= late_s
+        ):
             self._round()
 
     def _run_pump(self) -> None:
@@ -243,8 +270,24 @@ class ReadTicker:
                     more = False
                 if not more and self._unpump(sock):
                     gevent.get_hub().loop.run_callback(sock.handed_back.switch, None)
+            if self._steps:
+                self._run_steps(time.monotonic())
         finally:
             self._in_round = False
+
+    def _run_steps(self, now: float) -> None:
+        """The steps due by `now` (taken first: those they ask for wait for a round)."""
+        steps = self._steps
+        due = []
+        while steps and steps[0][0] <= now:
+            due.append(heapq.heappop(steps)[2])
+        for step in due:
+            try:
+                step()
+            except Exception:  # a step reports its own failures; this is a defect
+                log.exception("read ticker: a step failed")
+        if not steps:
+            self._stop_if_idle()
 
 
 def _unregister(epoll: Any, fileno: int) -> None:

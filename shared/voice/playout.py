@@ -128,14 +128,17 @@ class Playout:
         self._fed()
 
     def _fed(self) -> None:
-        """New audio, or the end of a turn's: step now if the pacing waits for it."""
+        """New audio, or the end of a turn's: step now if the pacing waits for it. With a
+        pacer, right here (a step never waits): a turn's first chunk leaves as its audio
+        comes, not at the ticker's next round."""
         if not self._hungry:
             return
         self._hungry = False
         if self._pacer is None:
             self.wakeup.set()
-        else:
-            self._ask(self.clock())
+            return
+        self._stepping += 1  # the step asked for before (a partial chunk's) is void
+        self._paced_step(self._stepping)
 
     # -- control ---------------------------------------------------------------------
     def clear(self) -> TurnAudio | None:

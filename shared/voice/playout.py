@@ -41,6 +41,7 @@ BYTES_PER_MS = 8  # 8 kHz μ-law
 SILENCE = b"\xff"
 GAP_S = 0.04  # a silence inside a turn the caller would hear
 PARTIAL_S = 0.02  # send less than a chunk once the audio sent plays out within this
+RETRY_S, RETRY_MAX_S = 0.005, 0.08  # a refused send is tried again after these, doubling
 
 
 @dataclass
@@ -90,6 +91,7 @@ class Playout:
         self._pacer = pacer
         self._hungry = True  # waiting for audio: `add` and `finish` step it
         self._stepping = 0  # the pacer's live step (older ones ask in vain)
+        self._refused = 0  # sends refused in a row (the socket full, its lock held)
         self.chunk = chunk_ms * BYTES_PER_MS
         self.lead = lead_ms / 1000
         self.clock = clock
@@ -241,8 +243,10 @@ class Playout:
             if sent is None:  # not enough audio for a chunk yet
                 self._hungry = True
                 return self.play_end - PARTIAL_S if audio.queued else None
-            if not sent:  # the socket would have made us wait: the next round
-                return now
+            if not sent:  # the socket would have made us wait: later, backing off
+                self._refused += 1
+                return now + min(RETRY_MAX_S, RETRY_S * 2 ** (self._refused - 1))
+            self._refused = 0
         self._hungry = True
         return None
 

@@ -281,3 +281,29 @@ def test_a_send_that_would_wait_is_tried_again_in_a_later_round_with_nothing_los
     assert marks == ["1:160", "1:320", "1:480", "1:512"] and audio.sent == len(pcm)
     assert not in_pump[0] and in_pump[-1], "the rest in the ticker's pump"
     playout.close()
+
+
+def test_a_peer_that_stops_reading_costs_a_few_tries_not_one_every_round() -> None:
+    # A socket whose buffer stays full (Telnyx not reading) refuses every send; trying
+    # again in every round (500 a second) would spend the pump's time on it.
+    ticker = ReadTicker()
+    sent: list[str] = []
+    tries: list[float] = []
+    full_until = time.monotonic() + 0.3
+
+    def send_now(*texts: str) -> bool:
+        tries.append(time.monotonic())
+        if time.monotonic() < full_until:
+            return False
+        sent.extend(texts)
+        return True
+
+    playout = Playout(lambda *t: None, chunk_ms=20, lead_ms=40, pacer=Pacer(ticker.at, send_now))
+    audio = playout.begin_turn(1)
+    playout.add(audio, b"\x7f" * 800)
+    playout.finish(audio)
+    playout.idle.wait(timeout=3)
+    refused = [t for t in tries if t < full_until]
+    assert 3 <= len(refused) <= 10, len(refused)
+    assert audio.sent == 800 and len(sent) == 2 * 5  # then every chunk, once
+    playout.close()

@@ -63,9 +63,11 @@ class MediaLoop:
         self._todo: list[Callable[[], None]] = []
         self._timers: list[tuple[float, int, Callable[[float], None]]] = []
         self._order = itertools.count()
-        # Each ticker maps to the generation of its latest want_ticks, so a ticker that asks
-        # again while the loop is dropping it for having had nothing to send is kept.
-        self._tickers: dict[Ticker, int] = {}
+        # Per phase slot, each ticker maps to the generation of its latest want_ticks, so a
+        # ticker that asks again while the loop is dropping it for having had nothing to
+        # send is kept. (One dict for all slots, filtered by phase at each slot, cost the
+        # phones ~3.5 % of their CPU at 200 calls.)
+        self._tickers: list[dict[Ticker, int]] = [{} for _ in range(self.phases)]
         self._tick_due: float | None = None
         self._closed = False
         self._thread = threading.Thread(target=self._run, name="telnyx-media-loop", daemon=True)
@@ -95,12 +97,16 @@ class MediaLoop:
     def want_ticks(self, ticker: Ticker) -> None:
         """Tick `ticker` every 20 ms, from the next tick on, until it returns False."""
         with self._lock:
-            if not self._tickers:
+            if not self._ticking:
                 self._tick_due, self._phase = time.monotonic(), 0
-            self._tickers[ticker] = next(self._order)
             if ticker not in self._phase_of:
                 self._phase_of[ticker] = next(self._dealt) % self.phases
+            self._tickers[self._phase_of[ticker]][ticker] = next(self._order)
         self._wake()
+
+    @property
+    def _ticking(self) -> bool:
+        return any(self._tickers)
 
     def run(self, fn: Callable[[], Any]) -> None:
         """Run `fn` on the loop thread and wait for it (directly if already there)."""
@@ -177,7 +183,7 @@ class MediaLoop:
             if self._todo:
                 return 0.0
             due = [self._timers[0][0]] if self._timers else []
-            if self._tickers and self._tick_due is not None:
+            if self._ticking and self._tick_due is not None:
                 due.append(self._tick_due)
         return max(0.0, min(due) - time.monotonic()) if due else 1.0
 
@@ -205,20 +211,20 @@ class MediaLoop:
     def _run_tick(self, now: float) -> None:
         with self._lock:
             due = self._tick_due
-            if due is None or not self._tickers or now < due:
+            if due is None or not self._ticking or now < due:
                 return
-            phase = self._phase
-            tickers = [(t, gen) for t, gen in self._tickers.items() if self._phase_of[t] == phase]
+            slot = self._tickers[self._phase]
+            tickers = list(slot.items())
             # Slot k is t0 + k*tick/phases: a late tick is caught up next turn, never re-based.
             self._tick_due = due + self.tick / self.phases
-            self._phase = (phase + 1) % self.phases
+            self._phase = (self._phase + 1) % self.phases
         self.max_lateness = max(self.max_lateness, now - due)
         finished = [(t, gen) for t, gen in tickers if not _tick(t, due, now)]
         if finished:
             with self._lock:
                 for ticker, gen in finished:
-                    if self._tickers.get(ticker) == gen:
-                        del self._tickers[ticker]
+                    if slot.get(ticker) == gen:
+                        del slot[ticker]
                         del self._phase_of[ticker]
 
 

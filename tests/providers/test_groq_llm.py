@@ -88,6 +88,7 @@ def test_the_request_streams_the_conversation_after_a_short_voice_prompt(
 
     body = fake.bodies()[0]
     assert fake.requests[0].headers["authorization"] == f"Bearer {API_KEY}"
+    assert fake.requests[0].headers["content-type"] == "application/json"
     assert body["model"] == DEFAULT_MODEL == "llama-3.3-70b-versatile"
     assert body["stream"] is True
     assert body["tool_choice"] == "auto"

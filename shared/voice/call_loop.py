@@ -254,8 +254,9 @@ class CallLoop:
             self.on_transfer(str(reply.arguments["to"]))
 
     def _observe(self, reply: Reply) -> dict[str, float]:
-        """The turn's latency figures, observed in the histograms (once, when recorded: its
-        first audio may go out after its TTS has finished, at the playout's next step)."""
+        """The turn's latency figures, observed in the histograms (once, when recorded: a
+        turn's first chunk can leave after its TTS has finished, if its send was refused
+        and tried again)."""
         if reply.first_token_at is not None:
             VOICE_LLM_TTFT.observe(reply.first_token_at - reply.requested_at)
         if reply.first_audio_at is not None and reply.first_text_at is not None:

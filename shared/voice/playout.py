@@ -195,8 +195,11 @@ class Playout:
         try:
             self._send(*messages)
         except StreamClosed as exc:
-            log.debug("media socket closed while sending: %s", exc)
-            self.close()
+            self._gone(exc)
+
+    def _gone(self, exc: StreamClosed) -> None:
+        log.debug("media socket closed while sending: %s", exc)
+        self.close()
 
     # -- pacing ---------------------------------------------------------------------
     @property
@@ -298,6 +301,5 @@ class Playout:
         try:
             return self._pacer.send_now(*messages)
         except StreamClosed as exc:
-            log.debug("media socket closed while sending: %s", exc)
-            self.close()
+            self._gone(exc)
             return True

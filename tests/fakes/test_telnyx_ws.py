@@ -149,23 +149,15 @@ def test_frames_in_the_same_read_as_the_handshake_response_are_not_lost() -> Non
     assert messages == [(False, b"first"), (True, b"second")]
 
 
-def test_a_frame_over_the_size_limit_fails_the_connection_before_it_is_all_read() -> None:
+@pytest.mark.parametrize("fed", [100, None], ids=["its first 100 bytes", "whole"])
+def test_a_frame_over_the_size_limit_fails_the_connection(fed: int | None) -> None:
+    # From its header on: closing with 1009, not buffering what would follow.
     pipe, theirs, _ = _open_pipe()
     pipe.protocol.max_message_size = 1000
     server = ServerProtocol(max_size=None, state=State.OPEN)
     server.send_binary(b"x" * 5000)
     with theirs:
-        assert pipe.feed(b"".join(server.data_to_send())[:100]) == []
-    assert not pipe.writable  # closing with 1009, not buffering what would follow
-
-
-def test_a_whole_frame_over_the_size_limit_is_refused_too() -> None:
-    pipe, theirs, _ = _open_pipe()
-    pipe.protocol.max_message_size = 1000
-    server = ServerProtocol(max_size=None, state=State.OPEN)
-    server.send_binary(b"x" * 5000)
-    with theirs:
-        assert pipe.feed(b"".join(server.data_to_send())) == []
+        assert pipe.feed(b"".join(server.data_to_send())[:fed]) == []
     assert not pipe.writable
 
 

@@ -44,15 +44,25 @@ def paced_playout(
     return playout, gevent.spawn(_until_closed, playout)
 
 
+def timed_recorder() -> tuple[list[tuple[float, dict]], Callable[..., None]]:
+    """A send that keeps each message, decoded, with when it was sent."""
+    sent: list[tuple[float, dict]] = []
+
+    def send(*texts: str) -> None:
+        sent.extend((time.monotonic(), json.loads(t)) for t in texts)
+
+    return sent, send
+
+
 def _until_closed(playout: Playout) -> None:
     while not playout.closed:
         gevent.sleep(0.01)
 
 
 def test_audio_is_paced_against_real_time_with_a_mark_after_each_chunk(pacing: str) -> None:
-    sent: list[tuple[float, dict]] = []
+    sent, send = timed_recorder()
     playout, pacer = paced_playout(
-        lambda *texts: sent.extend((time.monotonic(), json.loads(t)) for t in texts),
+        send,
         pacing,
         chunk_ms=40,
         lead_ms=80,
@@ -232,9 +242,9 @@ def test_a_silence_inside_a_turn_is_counted_with_its_cause(pacing: str) -> None:
 
 
 def test_after_a_clear_the_next_turns_audio_goes_at_once(pacing: str) -> None:
-    sent: list[tuple[float, dict]] = []
+    sent, send = timed_recorder()
     playout, pacer = paced_playout(
-        lambda *texts: sent.extend((time.monotonic(), json.loads(t)) for t in texts),
+        send,
         pacing,
         chunk_ms=400,
         lead_ms=400,

@@ -19,8 +19,12 @@ held: the pump's handlers may, for example, record a mark on the call's playout.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Protocol
+
+import gevent
+import gevent.local
 
 
 class _Registered:
@@ -54,3 +58,39 @@ def acquire_now(lock: _Lock) -> bool:
     gevent#1464), i.e. the pump would stop in mid-round whenever a call's socket was being
     written. Greenlets switch only when they wait, so a lock seen free here is taken."""
     return not lock.locked() and lock.acquire(blocking=False)
+
+
+class _ReadPace(gevent.local.local):
+    """Per greenlet (so per thread too, each has its own main greenlet; gevent's own class
+    rather than a patched `threading.local`, whatever the order of imports and patching):
+    how long a provider socket's reads are spaced, and when the last one was."""
+
+    seconds = 0.0
+    last = 0.0
+
+
+_read_pace = _ReadPace()
+
+
+def pace_reads(seconds: float) -> None:
+    """From now on, this greenlet's provider reads (`before_read`) come at most once every
+    `seconds`, counted from now (0: as soon as data is there, the default).
+
+    For a stream whose pieces are no longer urgent: an LLM reply once its first sentence
+    is with the TTS, whose audio plays for longer than the pause. Each read of a streamed
+    HTTP response that waits costs a wake-up (a watcher, two switches, httpcore's read
+    path) for each token; read after a pause, the tokens that came meanwhile are taken in
+    one read: 4.5 -> 2.7 ms of CPU per 20-token Groq reply at 0.08 s (a gevent process,
+    20 replies at once, the fake Groq sending a token every 10 ms)."""
+    _read_pace.seconds, _read_pace.last = seconds, time.monotonic()
+
+
+def before_read() -> None:
+    """Before a provider socket's read: wait out this greenlet's read pace, if it has one."""
+    pace = _read_pace.seconds
+    if pace <= 0:
+        return
+    wait = _read_pace.last + pace - time.monotonic()
+    if wait > 0:
+        gevent.sleep(wait)
+    _read_pace.last = time.monotonic()

@@ -33,6 +33,7 @@ from gevent import monkey
 from groq import DefaultHttpxClient, Groq
 
 from shared.providers.tls import client_context
+from shared.realtime import before_read
 
 POOL_CONNECTIONS = 400  # in all, across the shards
 SHARDS = 8  # 150 connections after a burst: ~19 a pool, a request's walk ~60 times shorter
@@ -121,7 +122,8 @@ _poll = monkey.get_original("select", "poll")
 
 class PlainPollBackend(httpcore.NetworkBackend):
     """httpcore's sync backend, with its "has the server closed this idle connection?"
-    probe done by a plain zero-timeout poll().
+    probe done by a plain zero-timeout poll(), and its reads spaced by the reading
+    greenlet's pace (`shared.realtime.pace_reads`).
 
     Before each request and after each response, httpcore's pool asks every idle connection
     whether its socket is readable (a server that hung up), through `select.poll`. Under
@@ -148,6 +150,7 @@ class _PlainPollStream(httpcore.NetworkStream):
         self._inner = inner
 
     def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        before_read()  # httpcore reads only when h11 has no whole event buffered
         return self._inner.read(max_bytes, timeout)
 
     def write(self, buffer: bytes, timeout: float | None = None) -> None:

@@ -15,12 +15,17 @@ from typing import Any
 import gevent
 
 from shared.providers.llm.base import AgentContext, ChatMessage, LlmEvent, LlmEventKind
-from shared.realtime import checkpoint
+from shared.realtime import checkpoint, pace_reads
 from shared.voice.playout import Playout, TurnAudio
 from shared.voice.sentences import SentenceSplitter
 from shared.voice.stages import CallProviders
 
 log = logging.getLogger(__name__)
+
+# Once the first sentence is with the TTS, the LLM's socket is read at most this often: the
+# tokens that came meanwhile in one read (shared.realtime.pace_reads). A later sentence
+# reaches the TTS up to this much later, while the first one's audio (0.4 s and more) plays.
+LLM_READ_PACE_S = 0.08
 
 
 @dataclass
@@ -89,23 +94,27 @@ def _speak(
     reply: Reply,
 ) -> None:
     splitter = SentenceSplitter()
-    for event in _llm_events(providers, context, history):
-        if event.kind is LlmEventKind.TOKEN and event.text:
-            if reply.first_token_at is None:
-                reply.first_token_at = time.monotonic()
-            reply.text_parts.append(event.text)
-            for sentence in splitter.feed(event.text):
-                _push(tts, reply, sentence)
-        elif event.kind is LlmEventKind.TOOL_CALL:
-            reply.tool, reply.arguments = event.tool, dict(event.arguments)
-    rest = splitter.flush()
-    if rest.strip():
-        _push(tts, reply, rest)
+    try:
+        for event in _llm_events(providers, context, history):
+            if event.kind is LlmEventKind.TOKEN and event.text:
+                if reply.first_token_at is None:
+                    reply.first_token_at = time.monotonic()
+                reply.text_parts.append(event.text)
+                for sentence in splitter.feed(event.text):
+                    _push(tts, reply, sentence)
+            elif event.kind is LlmEventKind.TOOL_CALL:
+                reply.tool, reply.arguments = event.tool, dict(event.arguments)
+        rest = splitter.flush()
+        if rest.strip():
+            _push(tts, reply, rest)
+    finally:
+        pace_reads(0)
 
 
 def _push(tts: _FallbackTts, reply: Reply, text: str) -> None:
     if reply.first_text_at is None:
         reply.first_text_at = time.monotonic()
+        pace_reads(LLM_READ_PACE_S)
     tts.push(text)
 
 

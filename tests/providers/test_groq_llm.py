@@ -21,6 +21,7 @@ from scripts.fakes.groq_llm import (
     ToolCallReply,
     start_fake_groq_llm,
 )
+from shared.providers import groq_client
 from shared.providers.groq_client import PlainPollBackend, ShardedTransport
 from shared.providers.llm.base import (
     AgentContext,
@@ -36,6 +37,7 @@ from shared.providers.llm.groq import (
     LlmStreamError,
     _chunks,
 )
+from shared.realtime import pace_reads
 from shared.resilience import ProviderUnavailable, guard
 from tests.conftest import poll_until
 
@@ -285,6 +287,41 @@ def test_idle_connections_are_checked_without_gevents_poll(
     assert text_of(list(llm.stream(CONTEXT, HISTORY))) == "one two"
     assert polls == []
     assert fake.connections == streams  # the idle ones were found alive and reused
+
+
+def test_a_paced_reply_takes_the_tokens_that_came_during_a_pause_in_one_read(
+    fake: FakeGroqLlm, llm: GroqLlm, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once the reader paces its reads (the responder does after a reply's first
+    sentence), a socket read takes every token that came since the last: the same text in
+    a fraction of the reads, each of which costs a wake-up in the voice process."""
+    text = " ".join(f"word{i}" for i in range(30))
+    fake.script(TextReply(text, 0, 10), TextReply(text, 0, 10))
+    reads: list[int] = []
+    read = groq_client._PlainPollStream.read
+
+    def counted(
+        self: groq_client._PlainPollStream, max_bytes: int, timeout: float | None = None
+    ) -> bytes:
+        reads.append(1)
+        return read(self, max_bytes, timeout)
+
+    monkeypatch.setattr(groq_client._PlainPollStream, "read", counted)
+    assert text_of(list(llm.stream(CONTEXT, HISTORY))) == text
+    unpaced = len(reads)
+
+    reads.clear()
+    events = llm.stream(CONTEXT, HISTORY)
+    first = next(events)
+    pace_reads(0.1)
+    try:
+        rest = list(events)
+    finally:
+        pace_reads(0)
+
+    assert text_of([first, *rest]) == text
+    assert unpaced >= 20  # a read per token or two as they come, 10 ms apart
+    assert len(reads) <= unpaced / 3
 
 
 def test_a_connection_the_server_closed_reads_as_readable() -> None:

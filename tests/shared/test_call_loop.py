@@ -1,10 +1,12 @@
 """The call loop with scripted providers: what a turn records when the socket goes first
-under the playout (its send fails) rather than under the reader, and that a closed loop
-is freed by reference counting."""
+under the playout (its send fails) rather than under the reader, that a closed loop is
+freed by reference counting, and that a reply's LLM reads are spaced once its first
+sentence is with the TTS."""
 
 from __future__ import annotations
 
 import json
+import time
 import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -12,9 +14,11 @@ from typing import Any
 import gevent
 
 from shared.providers.llm.base import AgentContext, ChatMessage, LlmEvent, LlmEventKind
+from shared.realtime import before_read
 from shared.voice import telnyx_media as tm
 from shared.voice.call_loop import CallLoop, CallSetup
 from shared.voice.recorder import TurnRecord
+from shared.voice.responder import LLM_READ_PACE_S
 from shared.voice.stages import CallProviders, Stage
 from tests.conftest import no_automatic_collections
 
@@ -118,13 +122,50 @@ def stage(kind: str, provider: Any) -> Stage[Any]:
     return Stage(kind, provider, provider)
 
 
-def call_loop(send: tm.Sender, records: Records, stt: Any) -> CallLoop:
+class ReadingLlm:
+    """Each token comes from a read of its socket (`before_read`, as the Groq client's
+    stream does); records when each read was made."""
+
+    name = "reading"
+
+    def __init__(self, tokens: list[str]) -> None:
+        self.tokens = tokens
+        self.reads: list[float] = []
+
+    def stream(self, context: AgentContext, history: list[ChatMessage]) -> Iterator[LlmEvent]:
+        for token in self.tokens:
+            before_read()
+            self.reads.append(time.monotonic())
+            yield LlmEvent(LlmEventKind.TOKEN, token)
+        yield LlmEvent(LlmEventKind.DONE)
+
+
+class EndTimedTurn(ScriptedTurn):
+    """Records how long two reads take in the reply's greenlet once the LLM is done."""
+
+    def __init__(self, took: list[float]) -> None:
+        self.took = took
+
+    def end(self) -> None:
+        started = time.monotonic()
+        before_read()
+        before_read()
+        self.took.append(time.monotonic() - started)
+
+
+def call_loop(
+    send: tm.Sender,
+    records: Records,
+    stt: Any,
+    llm: Any = None,
+    tts: Any = None,
+) -> CallLoop:
     return CallLoop(
         send=send,
         providers=CallProviders(
             stt=stage("stt", stt),
-            tts=stage("tts", ScriptedTts()),
-            llm=stage("llm", ScriptedLlm()),
+            tts=stage("tts", tts or ScriptedTts()),
+            llm=stage("llm", llm or ScriptedLlm()),
             sentiment=stage("sentiment", NeutralSentiment()),
         ),
         setup=CallSetup(AgentContext(persona="", greeting="Hi", closing="Bye"), None, "en"),
@@ -166,3 +207,28 @@ def test_a_closed_loop_is_freed_by_reference_counting() -> None:
         del loop
         gevent.sleep(0.05)  # the hub lets go of the killed greenlets
         assert left() is None, "the closed loop is still referenced"
+
+
+def test_a_replys_llm_reads_are_spaced_once_its_first_sentence_is_with_the_tts() -> None:
+    """Until the first sentence goes to the TTS every token is read as it comes (the
+    caller waits for it); after it the reads come at most every LLM_READ_PACE_S, each
+    taking what arrived meanwhile; once the reply is done its greenlet reads freely."""
+    llm = ReadingLlm(["Sure", ".", " We", " open", " at", " nine", "."])
+    took: list[float] = []
+
+    class Tts(ScriptedTts):
+        def start_turn(self, voice: str | None, language: str) -> ScriptedTurn:
+            return EndTimedTurn(took)
+
+    records = Records()
+    loop = call_loop(lambda *messages: None, records, SilentStt(), llm, Tts())
+    loop.start()
+    with gevent.Timeout(5):
+        while not took:
+            gevent.sleep(0.01)
+    loop.close()
+    gaps = [b - a for a, b in zip(llm.reads, llm.reads[1:], strict=False)]
+    # "Sure." is pushed when " We" shows it ended: the reads up to " We" are not spaced.
+    assert max(gaps[:2]) < LLM_READ_PACE_S / 2
+    assert min(gaps[2:]) >= LLM_READ_PACE_S * 0.9
+    assert took[0] < LLM_READ_PACE_S / 2

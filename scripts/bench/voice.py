@@ -639,6 +639,29 @@ def read_collections(hooks: Path) -> list[list[float]]:
     return found
 
 
+def read_long_gaps(hooks: Path) -> list[float]:
+    """The worker hooks' pump gaps over 20 ms so far: [count, seconds, seconds its thread
+    was on its core, seconds it waited for it in the run queue]."""
+    try:
+        found: list[float] = json.loads((hooks / "arrivals.json").read_text())["long_gaps"]
+    except (OSError, ValueError, KeyError):
+        return [0, 0.0, 0.0, 0.0]
+    return found
+
+
+def long_gaps_delta(before: list[float], after: list[float]) -> str:
+    """One window's long pump gaps and where the worker's thread was in them."""
+    count, gap, on_core, waiting = (a - b for a, b in zip(after, before, strict=True))
+    if not count:
+        return "none"
+    elsewhere = max(0.0, gap - on_core - waiting)
+    return (
+        f"{count:.0f}, {1000 * gap:.0f} ms in all: its thread on its core {1000 * on_core:.0f} "
+        f"ms, waiting for it {1000 * waiting:.0f} ms, neither (the VM, a blocking call) "
+        f"{1000 * elsewhere:.0f} ms"
+    )
+
+
 def collections_delta(before: list[list[float]], after: list[list[float]]) -> str:
     """One window's collections, e.g. 'gen0 812 x, 0 freed, 190 ms (max 1.2); ...'. The
     longest is over the run so far (a maximum has no delta)."""
@@ -1274,6 +1297,7 @@ class StepResult:
     phone_lag_ms: float  # the phones' own worst lateness sending a frame
     fake_lag: dict[str, tuple[float, float, float]]  # see Fakes.lateness
     collections: str  # the worker's, see collections_delta
+    long_gaps: str  # the pump's gaps over 20 ms, see long_gaps_delta
     gc_stalls: float  # the worker's garbage collections longer than LAG_LIMIT_S
     gc_worst: str  # and the longest one's bucket
     loop_lag: Histogram  # how late the worker's 50 ms probe timer fired (its own share)
@@ -1341,7 +1365,7 @@ def measure_step(
     time.sleep(ctx.args.settle)
     asked_before, unanswered_before = phones.questions()
     before, arrivals_before = scrape(server), read_arrivals(hooks)
-    collections_before = read_collections(hooks)
+    collections_before, long_gaps_before = read_collections(hooks), read_long_gaps(hooks)
     phones.reset_lateness()
     fakes = ctx.fakes
     assert fakes is not None
@@ -1355,6 +1379,7 @@ def measure_step(
     phone_lag, fake_lag = phones.send_lateness, fakes.lateness()
     after, arrivals = scrape(server), read_arrivals(hooks)
     collections = collections_delta(collections_before, read_collections(hooks))
+    long_gaps = long_gaps_delta(long_gaps_before, read_long_gaps(hooks))
     phones.windows.close()
     time.sleep(GRACE_S)
     lag = histogram_delta(before, after, "voice_inbound_frame_lag_seconds")
@@ -1383,6 +1408,7 @@ def measure_step(
         phone_lag_ms=1000 * phone_lag,
         fake_lag=fake_lag,
         collections=collections,
+        long_gaps=long_gaps,
         v2v=ctx.tenant.agent_v2v(wall_since, wall_until),
         answered=1 - unanswered / asked if asked else math.nan,
         questions_per_s=asked / (until - since),
@@ -1509,6 +1535,8 @@ def run_ramp(ctx: Context) -> list[str]:
         + "; ".join(f"{r.calls}: {fake_cpu(r)}" for r in results),
         "  the worker's garbage collections per window (hooks):",
         *[f"    {r.calls}: {r.collections}" for r in results],
+        "  the pump's gaps over 20 ms per window, and where the worker's thread was (hooks):",
+        *[f"    {r.calls}: {r.long_gaps}" for r in results],
         leftover,
         *baseline,
         *profile,

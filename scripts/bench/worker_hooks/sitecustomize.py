@@ -10,7 +10,10 @@ frame can leave a phone (or cross the loopback) well after it was stamped. Costs
 `recvmsg` and its ancillary data instead of a `recv` (~1-2 µs a read). With them, the gaps
 between two pump rounds (the kernel stamps a read with its newest segment, so a frame
 that waited through a gap shows in the gap). Bucket counts in `arrivals.json`, rewritten
-every 0.2 s.
+every 0.2 s. And for the gaps over `LONG_GAP_S`, where the worker's thread was in them
+(from /proc/thread-self/schedstat, ~1 µs a round): on its core (its own work: a long
+greenlet run, a collection), waiting for it in the kernel's run queue (another task on its
+core), or neither (the hypervisor had taken the vCPU, or the thread blocked in a call).
 
 **The per-greenlet CPU account** (`--account-calls`, `BENCH_ACCOUNT=1`):
 
@@ -197,6 +200,9 @@ class Buckets:
         self.counts[bisect.bisect_left(ARRIVAL_BUCKETS_S, seconds)] += 1
 
 
+LONG_GAP_S = 0.02  # a frame that waits through a longer gap is late
+
+
 class Arrivals:
     """How long each pump read's data had waited in the kernel (SO_TIMESTAMPNS gives the
     last segment read: a lower bound when a read holds several frames), and the gaps
@@ -209,6 +215,10 @@ class Arrivals:
         self.round_at = 0.0
         self.stamped: set[int] = set()  # sockets with receive timestamps on
         self.space = socket.CMSG_SPACE(16)
+        # Opened in the worker's main thread, the hub's and so the pump's.
+        self.schedstat = os.open("/proc/thread-self/schedstat", os.O_RDONLY)
+        self.round_sched = (0, 0)  # ns on its core, ns waiting for it, at the last round
+        self.long_gaps = [0, 0.0, 0.0, 0.0]  # over LONG_GAP_S: count, s, s on core, s waiting
 
     def recv(self, media: Any) -> bytes:
         """MediaSocket._pump_recv, timed."""
@@ -226,9 +236,18 @@ class Arrivals:
 
     def round(self) -> None:
         now = time.perf_counter()
+        on_core, waiting, _ = os.pread(self.schedstat, 64, 0).split()
+        sched = (int(on_core), int(waiting))
         if self.round_at:
-            self.gaps.note(now - self.round_at)
-        self.round_at = now
+            gap = now - self.round_at
+            self.gaps.note(gap)
+            if gap > LONG_GAP_S:
+                long_gaps = self.long_gaps
+                long_gaps[0] += 1
+                long_gaps[1] += gap
+                long_gaps[2] += (sched[0] - self.round_sched[0]) / 1e9
+                long_gaps[3] += (sched[1] - self.round_sched[1]) / 1e9
+        self.round_at, self.round_sched = now, sched
 
     def snapshot(self) -> dict[str, Any]:
         return {
@@ -236,6 +255,7 @@ class Arrivals:
             "buckets_s": ARRIVAL_BUCKETS_S,
             "waits": self.waits.counts,
             "gaps": self.gaps.counts,
+            "long_gaps": self.long_gaps,
         }
 
 

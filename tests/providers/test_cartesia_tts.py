@@ -20,7 +20,13 @@ from scripts.fakes.cartesia_tts import (
     tone,
 )
 from shared.config import Settings
-from shared.providers.tts.cartesia import CartesiaTts, CartesiaTtsError
+from shared.providers.tts.cartesia import (
+    BURST_GAP_S,
+    YIELD_EVERY,
+    Burst,
+    CartesiaTts,
+    CartesiaTtsError,
+)
 from shared.resilience import ProviderUnavailable, guard
 from tests.conftest import no_automatic_collections, poll_until, run_fresh
 from tests.providers.playing import Player, collect
@@ -282,3 +288,18 @@ def test_the_fake_accepts_an_x_api_key_and_requires_a_version(fake: FakeCartesia
     with connect(f"{url}?cartesia_version=2026-03-01", additional_headers=key, legacy=True) as ws:
         ws.send('{"context_id": "c1", "cancel": true}')
     assert poll_until(lambda: fake.received() == [{"context_id": "c1", "cancel": True}])
+
+
+def test_the_reader_yields_inside_a_burst_of_messages_never_for_one_that_came_alone() -> None:
+    """Messages read at once (handled back to back) get a yield every YIELD_EVERY; messages
+    that came one at a time, however many, get none: each yield is a hub round trip."""
+    burst = Burst()
+    in_a_burst = [burst.handled(i * BURST_GAP_S / 10) for i in range(3 * YIELD_EVERY)]
+    one_at_a_time = [burst.handled(1.0 + i * 0.02) for i in range(3 * YIELD_EVERY)]
+
+    assert [i + 1 for i, y in enumerate(in_a_burst) if y] == [
+        YIELD_EVERY,
+        2 * YIELD_EVERY,
+        3 * YIELD_EVERY,
+    ]
+    assert not any(one_at_a_time)

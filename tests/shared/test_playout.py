@@ -44,14 +44,16 @@ def paced_playout(
     return playout, gevent.spawn(_until_closed, playout)
 
 
-def timed_recorder() -> tuple[list[tuple[float, dict]], Callable[..., None]]:
-    """A send that keeps each message, decoded, with when it was sent."""
+def recorded_playout(
+    pacing: str, **options: Any
+) -> tuple[list[tuple[float, dict]], Playout, gevent.Greenlet]:
+    """`paced_playout` with a send that keeps each message, decoded, with when it was sent."""
     sent: list[tuple[float, dict]] = []
 
     def send(*texts: str) -> None:
         sent.extend((time.monotonic(), json.loads(t)) for t in texts)
 
-    return sent, send
+    return sent, *paced_playout(send, pacing, **options)
 
 
 def _until_closed(playout: Playout) -> None:
@@ -60,13 +62,7 @@ def _until_closed(playout: Playout) -> None:
 
 
 def test_audio_is_paced_against_real_time_with_a_mark_after_each_chunk(pacing: str) -> None:
-    sent, send = timed_recorder()
-    playout, pacer = paced_playout(
-        send,
-        pacing,
-        chunk_ms=40,
-        lead_ms=80,
-    )
+    sent, playout, pacer = recorded_playout(pacing, chunk_ms=40, lead_ms=80)
     audio = playout.begin_turn(1)
     start = time.monotonic()
     playout.add(audio, b"\x7f" * (SECOND // 2))  # 500 ms
@@ -242,13 +238,7 @@ def test_a_silence_inside_a_turn_is_counted_with_its_cause(pacing: str) -> None:
 
 
 def test_after_a_clear_the_next_turns_audio_goes_at_once(pacing: str) -> None:
-    sent, send = timed_recorder()
-    playout, pacer = paced_playout(
-        send,
-        pacing,
-        chunk_ms=400,
-        lead_ms=400,
-    )
+    sent, playout, pacer = recorded_playout(pacing, chunk_ms=400, lead_ms=400)
     cut = playout.begin_turn(1)
     playout.add(cut, b"\x7f" * (2 * SECOND))
     gevent.sleep(0.05)  # two chunks out: the pacer waits ~350 ms for the lead to shrink

@@ -121,9 +121,28 @@ def test_a_quiet_line_goes_in_200_ms_messages_and_speech_at_once(
         [10 * FRAME] * 2  # quiet: 200 ms messages
         + [6 * FRAME]  # the first word flushes the quiet audio before it, at once
         + [2 * FRAME] * 10  # speech: 40 ms
-        + [2 * FRAME] * 37  # 1.5 s of hang-over, still 40 ms: endpointing is not delayed
-        + [6 * FRAME]  # quiet again: the rest waits for 200 ms, or here the close
+        + [2 * FRAME]  # a pause of 40 ms: still inside speech, for all we know
+        + [FRAME] * 27  # 60 ms quiet, to 300 ms past endpointing (300 ms): a frame at once
+        + [2 * FRAME] * 23  # the rest of the 1.5 s hang-over (utterance end): 40 ms
+        + [5 * FRAME]  # quiet again: the rest waits for 200 ms, or here the close
     )
+
+
+def test_the_silence_that_ends_a_turn_reaches_deepgram_frame_by_frame(
+    fake: DeepgramLiveFake,
+) -> None:
+    silence, speech = b"\xff" * FRAME, b"\x00\x80" * (FRAME // 2)
+    events = Events()
+    stream = provider(fake.url).open("en-US", events)
+    # The speech ends at 1.5 s; endpointing's 300 ms of silence end with the 90th frame,
+    # which in 40 ms messages would wait for a 91st (the 61 loud frames leave it unpaired).
+    for frame in [silence] * 14 + [speech] * 61 + [silence] * 15:
+        stream.send(frame)
+    try:
+        assert events.turn_ended.wait(2)
+    finally:
+        stream.close()
+    assert len(fake.sessions[0].audio) == 90 * FRAME
 
 
 def test_results_become_speech_started_interim_final_and_end_of_turn(

@@ -15,7 +15,12 @@ getrandom() for the mask, gevent's sendall; `send_binary` saves a quarter of it)
 of the voice worker's CPU at 100 calls when every call sent 25 a second, and most of a
 call's time is the caller listening. The first loud frame flushes at once, so speech
 reaches Deepgram no later than before, and the hang-over outlasts endpointing and
-utterance-end, so turn ends are not delayed either. A turn that has ended (speech_final or
+utterance-end. Deepgram ends a turn once it has `endpointing` ms of silence after the last
+word (or `utterance_end_ms` without words), so once the caller has been quiet for
+`PAUSE_MS`, and until `ENDPOINT_SLACK_MS` past endpointing, each frame goes at once: the
+silence that ends a turn never waits up to 20 ms for a second frame to fill its message (a
+shorter pause is inside a word or between words, where batching delays nothing that
+matters; a later one is past endpointing, where only the utterance-end fallback is left). A turn that has ended (speech_final or
 UtteranceEnd) ends the hang-over there: the 40 ms messages after speech were 70 % of a
 call's sends in the voice benchmark (docs/voice-benchmark-log.md).
 A keep-alive worker sends KeepAlive after `keepalive_s` without audio. Deepgram's messages
@@ -72,6 +77,8 @@ SEND_MS = 40  # audio per message while the caller may be speaking
 QUIET_SEND_MS = 200  # ... and once the line is quiet
 SPEECH_RMS = 200  # about -44 dBFS: telephone line noise is well under it, speech well over
 HANGOVER_MS = 1500  # quiet this long (more than endpointing + utterance end): a quiet line
+PAUSE_MS = 60  # quiet this long inside the hang-over: the caller may be done, no batching
+ENDPOINT_SLACK_MS = 300  # ... until this long past endpointing (a soft last sound counts too)
 CLOSE_WAIT_S = 3.0
 
 
@@ -109,6 +116,7 @@ class DeepgramStream:
         keepalive_s: float,
         send_ms: int = SEND_MS,
         quiet_send_ms: int = QUIET_SEND_MS,
+        endpointing_ms: int = 300,
     ) -> None:
         self.failed: BaseException | None = None
         self._context, self._socket = connection
@@ -123,6 +131,11 @@ class DeepgramStream:
         self._send_bytes = max(1, BYTES_PER_S * send_ms // 1000)
         self._quiet_send_bytes = max(self._send_bytes, BYTES_PER_S * quiet_send_ms // 1000)
         self._loud_until = 0  # byte count of audio up to which the line counts as live
+        self._loud_at = 0  # byte count of audio at the end of the last loud frame
+        self._pause = range(  # quiet bytes after speech in which each frame goes at once
+            BYTES_PER_S * PAUSE_MS // 1000,
+            BYTES_PER_S * (endpointing_ms + ENDPOINT_SLACK_MS) // 1000,
+        )
         self._pending = bytearray()  # audio not sent yet: less than one message
         self._sent_at = time.monotonic()
         self._stopped = threading.Event()
@@ -150,10 +163,14 @@ class DeepgramStream:
         self._received_at = time.monotonic()
         self._pending += pcmu
         if ulaw_rms(pcmu) >= SPEECH_RMS:
+            self._loud_at = self._received
             self._loud_until = self._received + BYTES_PER_S * HANGOVER_MS // 1000
             if quiet:  # speech starts: no batching delay on its first frame
                 self._send_pending()
                 return
+        elif not quiet and self._received - self._loud_at in self._pause:
+            self._send_pending()  # a pause that may end the turn: Deepgram counts it now
+            return
         limit = self._quiet_send_bytes if quiet else self._send_bytes
         if len(self._pending) >= limit:
             self._send_pending()
@@ -379,7 +396,9 @@ class DeepgramStt:
             status = getattr(exc, "status_code", None) or getattr(response, "status_code", None)
             reason = f"connect rejected ({status or type(exc).__name__})"
             raise ProviderUnavailable("deepgram", reason) from exc
-        return DeepgramStream(connection, on_event, on_error, self.keepalive_s)
+        return DeepgramStream(
+            connection, on_event, on_error, self.keepalive_s, endpointing_ms=self.endpointing_ms
+        )
 
     def _connect(self, language: str, timeout: float) -> Connection:
         context = self._client.listen.v1.connect(

@@ -41,6 +41,7 @@ BYTES_PER_MS = 8  # 8 kHz μ-law
 SILENCE = b"\xff"
 GAP_S = 0.04  # a silence inside a turn the caller would hear
 PARTIAL_S = 0.02  # send less than a chunk once the audio sent plays out within this
+MARK_GRACE_S = 0.5  # how long past our clock's end a turn waits for its last mark's echo
 RETRY_S, RETRY_MAX_S = 0.005, 0.08  # a refused send is tried again after these, doubling
 
 
@@ -171,15 +172,25 @@ class Playout:
 
     def wait_heard(self, audio: TurnAudio) -> None:
         """Until the caller has heard all of `audio` (its last mark came back), it was
-        cleared, the playout closed, or by our clock nothing is playing any more (a peer
-        that echoes no marks). Woken by those events, else when the audio queued so far
-        (sent, and not yet sent) should have played: a wake-up or two per turn. (Waiting
-        only for the audio sent so far woke this every `lead_ms`, since the pacer keeps
-        that much ahead: ~15 times in a 5 s answer, 150 wake-ups a second at 100 calls.)"""
-        while audio.heard < audio.total and not audio.cleared and not self.closed and self.speaking:
+        cleared, the playout closed, or by our clock nothing has been playing for
+        `MARK_GRACE_S` (a peer that echoes no marks). Telnyx echoes the last mark when the
+        audio has played at its end, which is after our clock's end (the network, its
+        jitter buffer): without the grace a reply would end (and an `end_call` hang up)
+        while the caller still hears its last words. Woken by those events, else when the
+        audio queued so far (sent, and not yet sent) should have played, plus the grace: a
+        wake-up or two per turn. (Waiting only for the audio sent so far woke this every
+        `lead_ms`, since the pacer keeps that much ahead: ~15 times in a 5 s answer, 150
+        wake-ups a second at 100 calls.)"""
+        while (
+            audio.heard < audio.total
+            and not audio.cleared
+            and not self.closed
+            and (self.turns or self.clock() < self.play_end + MARK_GRACE_S)
+        ):
             audio.changed.clear()
             unsent_s = len(audio.queued) / (BYTES_PER_MS * 1000)
-            audio.changed.wait(timeout=max(0.01, self.play_end - self.clock() + unsent_s))
+            until = self.play_end + MARK_GRACE_S + unsent_s
+            audio.changed.wait(timeout=max(0.01, until - self.clock()))
 
     def close(self) -> None:
         self.closed = True

@@ -13,7 +13,7 @@ import pytest
 from gevent.event import Event
 from prometheus_client import REGISTRY
 
-from shared.voice.playout import Pacer, Playout
+from shared.voice.playout import MARK_GRACE_S, Pacer, Playout
 from shared.voice.telnyx_media import StreamClosed
 from web.voice.read_ticker import ReadTicker
 
@@ -145,12 +145,22 @@ def test_waiting_for_a_turn_to_be_heard_ends_on_its_last_mark_a_clear_or_the_clo
     playout.wait_heard(cut)
     assert cut.cleared and time.monotonic() - start < 0.5
 
-    unmarked = playout.begin_turn(3)  # a peer that echoes no marks: our clock decides
-    playout.add(unmarked, b"\x7f" * (SECOND // 2))
+    unmarked = playout.begin_turn(3)  # a peer that echoes no marks: our clock decides,
+    playout.add(unmarked, b"\x7f" * (SECOND // 2))  # after a grace for the echo's way back
     playout.finish(unmarked)
     start = time.monotonic()
     playout.wait_heard(unmarked)
-    assert 0.4 <= time.monotonic() - start < 0.8 and not playout.speaking
+    waited = time.monotonic() - start
+    assert 0.4 + MARK_GRACE_S <= waited < 0.8 + MARK_GRACE_S and not playout.speaking
+
+    late = playout.begin_turn(4)  # the last mark echoed after our clock's end: still heard
+    playout.add(late, b"\x7f" * (SECOND // 5))
+    playout.finish(late)
+    gevent.sleep(0.05)
+    last = [m["mark"]["name"] for m in sent if m["event"] == "mark"][-1]
+    gevent.spawn_later(0.2 + MARK_GRACE_S / 2, playout.on_mark, last)
+    playout.wait_heard(late)
+    assert late.heard == late.total
     playout.close()
     pacer.join(timeout=1)
 

@@ -22,6 +22,7 @@ from shared.resilience import ProviderUnavailable, guard
 from tests.conftest import no_automatic_collections, poll_until, run_fresh
 
 FRAME = 160  # 20 ms of 8 kHz μ-law
+SILENCE, SPEECH = b"\xff" * FRAME, b"\x00\x80" * (FRAME // 2)  # μ-law silence, a loud frame
 QUESTION = "When are you open on Saturday?"
 
 
@@ -51,6 +52,15 @@ class Events:
         return [e for e in self.items if e.kind is kind]
 
 
+def speak(fake: DeepgramLiveFake, frames: list[bytes]) -> tuple[DeepgramStream, Events]:
+    """A stream opened on `fake` with `frames` sent to it, as fast as it takes them."""
+    events = Events()
+    stream = provider(fake.url).open("en-US", events)
+    for frame in frames:
+        stream.send(frame)
+    return stream, events
+
+
 def send_audio(stream: object, seconds: float, *, real_time: bool = False) -> list[float]:
     """μ-law silence in 20 ms frames; returns when each frame was sent."""
     sent = []
@@ -58,7 +68,7 @@ def send_audio(stream: object, seconds: float, *, real_time: bool = False) -> li
     for i in range(round(seconds * 50)):
         if real_time:
             time.sleep(max(0.0, start + i * 0.02 - time.monotonic()))
-        stream.send(b"\xff" * FRAME)  # type: ignore[attr-defined]
+        stream.send(SILENCE)  # type: ignore[attr-defined]
         sent.append(time.monotonic())
     return sent
 
@@ -107,11 +117,8 @@ def test_audio_arrives_intact_and_in_order_in_40_ms_messages(fake: DeepgramLiveF
 def test_a_quiet_line_goes_in_200_ms_messages_and_speech_at_once(
     fake: DeepgramLiveFake,
 ) -> None:
-    silence, speech = b"\xff" * FRAME, b"\x00\x80" * (FRAME // 2)
-    frames = [silence] * 25 + [speech] * 21 + [silence] * 80
-    stream = provider(fake.url).open("en-US", Events())
-    for frame in frames:
-        stream.send(frame)
+    frames = [SILENCE] * 25 + [SPEECH] * 21 + [SILENCE] * 80
+    stream, _ = speak(fake, frames)
     stream.close()
 
     (session,) = fake.sessions
@@ -131,13 +138,9 @@ def test_a_quiet_line_goes_in_200_ms_messages_and_speech_at_once(
 def test_the_silence_that_ends_a_turn_reaches_deepgram_frame_by_frame(
     fake: DeepgramLiveFake,
 ) -> None:
-    silence, speech = b"\xff" * FRAME, b"\x00\x80" * (FRAME // 2)
-    events = Events()
-    stream = provider(fake.url).open("en-US", events)
     # The speech ends at 1.5 s; endpointing's 300 ms of silence end with the 90th frame,
     # which in 40 ms messages would wait for a 91st (the 61 loud frames leave it unpaired).
-    for frame in [silence] * 14 + [speech] * 61 + [silence] * 15:
-        stream.send(frame)
+    stream, events = speak(fake, [SILENCE] * 14 + [SPEECH] * 61 + [SILENCE] * 15)
     try:
         assert events.turn_ended.wait(2)
     finally:
@@ -216,7 +219,7 @@ def test_close_sends_close_stream_and_delivers_the_results_still_pending() -> No
         send_audio(stream, 1.2)  # the caller is cut off mid-sentence
         stream.close()
         stream.close()
-        stream.send(b"\xff" * FRAME)
+        stream.send(SILENCE)
     finally:
         server.stop()
 
@@ -374,19 +377,14 @@ def test_send_never_waits_on_a_stalled_socket_and_the_audio_follows_in_order() -
 def test_once_the_turn_has_ended_the_quiet_line_goes_in_200_ms_messages(
     fake: DeepgramLiveFake,
 ) -> None:
-    silence, speech = b"\xff" * FRAME, b"\x00\x80" * (FRAME // 2)
-    events = Events()
-    stream = provider(fake.url).open("en-US", events)
-    utterance = [silence] * 15 + [speech] * 60 + [silence] * 20  # speech: 0.3-1.5 s
-    for frame in utterance:
-        stream.send(frame)
+    utterance = [SILENCE] * 15 + [SPEECH] * 60 + [SILENCE] * 20  # speech: 0.3-1.5 s
+    stream, events = speak(fake, utterance)
     assert events.turn_ended.wait(3)  # endpointed 300 ms after the speech, at 1.8 s
-    # The utterance's last messages may still be on their way when the turn's end arrives
-    # (all but its last 20 ms, which waits for a 40 ms message).
-    assert poll_until(lambda: len(fake.sessions[0].audio) >= (len(utterance) - 1) * FRAME)
+    # The utterance's last messages may still be on their way when the turn's end arrives.
+    assert poll_until(lambda: len(fake.sessions[0].audio) >= len(utterance) * FRAME)
     ended = time.monotonic()
     for _ in range(50):  # 1 s of silence, well inside the 1.5 s hang-over
-        stream.send(silence)
+        stream.send(SILENCE)
     stream.close()
 
     (session,) = fake.sessions

@@ -42,6 +42,7 @@ documented low-level hand-off from the hub to one greenlet.
 from __future__ import annotations
 
 import contextlib
+import functools
 import heapq
 import itertools
 import logging
@@ -49,13 +50,15 @@ import select
 import selectors
 import time
 from collections.abc import Callable, Mapping
-from types import MappingProxyType, ModuleType
+from types import MappingProxyType
 from typing import Any, Protocol
 
 import gevent
 from gevent import monkey
 from gevent.hub import Waiter
 from websockets.sync import connection as websockets_connection
+
+from shared.modules import with_names
 
 log = logging.getLogger(__name__)
 TICK_S = 0.002
@@ -369,23 +372,9 @@ def _fileno(fileobj: Any) -> int:
     return fileno
 
 
-class _SelectorsFor(ModuleType):
-    """The `selectors` module as websockets' sync connections see it: the stdlib's, with
-    the read ticker's selector as the default."""
-
-    def __init__(self, ticker: ReadTicker) -> None:
-        super().__init__("selectors")
-        self._ticker = ticker
-
-    def DefaultSelector(self) -> TickerSelector:
-        return TickerSelector(self._ticker)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(selectors, name)
-
-
 def wait_provider_sockets(ticker: ReadTicker) -> None:
     """From now on, websockets' sync connections (the provider SDKs' sockets) wait for data
     on `ticker`. websockets offers no option for this: its connection module's reference to
     `selectors`, which gevent's patching has already made gevent's, is replaced."""
-    websockets_connection.selectors = _SelectorsFor(ticker)  # type: ignore[attr-defined]
+    selector = functools.partial(TickerSelector, ticker)
+    websockets_connection.selectors = with_names(selectors, DefaultSelector=selector)  # type: ignore[attr-defined]

@@ -40,7 +40,6 @@ import functools
 import logging
 import threading
 import time
-import types
 from collections import deque
 from collections.abc import Callable
 from contextlib import AbstractContextManager
@@ -53,6 +52,7 @@ from deepgram.listen.v1 import client as listen_client
 from websockets.exceptions import ConnectionClosed
 
 from shared.background import start_worker
+from shared.modules import with_names
 from shared.providers.messages import (
     deliver_messages,
     json_object,
@@ -363,8 +363,8 @@ class DeepgramStt:
         if settings.deepgram_url:
             options["environment"] = environment(settings.deepgram_url)
         self._client = DeepgramClient(**options)
-        # The module whose connect() `listen.v1.connect` calls (see `_WithoutDeflate`).
-        without_deflate = _WithoutDeflate(websockets.sync.client.__name__)
+        # The module whose connect() `listen.v1.connect` calls.
+        without_deflate = with_names(websockets.sync.client, connect=_connect_without_deflate)
         setattr(listen_client, "websockets_sync_client", without_deflate)  # noqa: B010  # not exported
         # The SDK imports its live-listen modules on first use (~24 ms, every call in the
         # process stalled): at start-up instead.
@@ -418,22 +418,16 @@ class DeepgramStt:
         return context, socket
 
 
-class _WithoutDeflate(types.ModuleType):
-    """websockets' sync client as the Deepgram SDK's live-listen client uses it, except that
-    `connect` offers no permessage-deflate (websockets offers it by default; the SDK has no
+def _connect_without_deflate(*args: Any, **kwargs: Any) -> Any:
+    """websockets' sync `connect` as the Deepgram SDK's live-listen client calls it, except
+    that it offers no permessage-deflate (websockets offers it by default; the SDK has no
     option for it). Why: compressed, every 40-200 ms audio message would go through zlib
     on the voice worker's core, for μ-law audio that barely compresses (Cartesia's
     inflated audio was ~2.5 % of the worker's CPU at 100 calls before its
     `compression=None`, docs/voice-benchmark-log.md). Whether Deepgram accepts the offer
     is not documented; not making it costs a few bytes of JSON results."""
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(websockets.sync.client, name)
-
-    @staticmethod
-    def connect(*args: Any, **kwargs: Any) -> Any:
-        kwargs.setdefault("compression", None)
-        return websockets.sync.client.connect(*args, **kwargs)
+    kwargs.setdefault("compression", None)
+    return websockets.sync.client.connect(*args, **kwargs)
 
 
 def _deadline(seconds: float) -> AbstractContextManager[Any]:

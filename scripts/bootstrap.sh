@@ -21,6 +21,9 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   .venv/bin/python -m pip install --quiet --no-deps -r requirements-nodeps.txt
   echo "$want" > "$stamp"
 fi
+# The voice worker's frame path, compiled with mypyc when its sources changed (a minute;
+# without a C compiler, or with SWITCHBOARD_NATIVE=0, it runs as Python).
+PYTHONPATH="$ROOT" .venv/bin/python -m scripts.build_native
 # The embedded PostgreSQL keeps its lock file under the runtime dir.
 export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-/tmp/runtime-$(id -u)}"
 mkdir -p "$XDG_RUNTIME_DIR" && chmod 700 "$XDG_RUNTIME_DIR"

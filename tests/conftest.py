@@ -21,12 +21,23 @@ from flask.testing import FlaskClient
 from sqlalchemy import Engine, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
+from scripts import build_native
 from shared.config import Settings, load_settings
 from shared.db.engine import make_engine
 from shared.db.migrate import upgrade
 from shared.db.models import Call, Organization
 from shared.services import auth_cache
 from web.api.app import create_app
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    # Python imports a compiled module before its source: an old build would be tested.
+    if build_native.stale():
+        pytest.exit(
+            "the compiled frame path is older than its sources: run "
+            "`python -m scripts.build_native` (scripts/test does), or --clean it",
+            2,
+        )
 
 
 @pytest.fixture(scope="session")
@@ -199,6 +210,12 @@ def no_automatic_collections() -> Iterator[None]:
         yield
     finally:
         gc.enable()
+
+
+def alive(cls: type) -> int:
+    """How many objects of exactly `cls` exist. Not a weak reference: the voice frame
+    path's classes are compiled (shared/native.py), and mypyc's support none."""
+    return sum(type(o) is cls for o in gc.get_objects())
 
 
 def poll_until(condition: Callable[[], bool], seconds: float = 2.0) -> bool:

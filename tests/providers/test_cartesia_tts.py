@@ -5,7 +5,6 @@ from __future__ import annotations
 import socket
 import threading
 import time
-import weakref
 from collections.abc import Iterator
 
 import pytest
@@ -28,7 +27,7 @@ from shared.providers.tts.cartesia import (
     CartesiaTtsError,
 )
 from shared.resilience import ProviderUnavailable, guard
-from tests.conftest import no_automatic_collections, poll_until, run_fresh
+from tests.conftest import alive, no_automatic_collections, poll_until, run_fresh
 from tests.providers.playing import Player, collect
 
 FORMAT = {"container": "raw", "encoding": "pcm_mulaw", "sample_rate": 8000}
@@ -211,9 +210,12 @@ def test_a_closed_connection_is_freed_by_reference_counting(fake: FakeCartesiaTt
     with no_automatic_collections():
         tts = provider(fake.url)
         speak(tts, "Hello there.")
-        left = weakref.ref(tts._connection)  # type: ignore[arg-type]
+        connection = type(tts._connection)
+        assert alive(connection) == 1
         tts.close()
-        assert poll_until(lambda: left() is None), "the closed connection is still referenced"
+        assert poll_until(lambda: alive(connection) == 0), (
+            "the closed connection is still referenced"
+        )
 
 
 def test_an_unreachable_server_is_provider_unavailable_after_retries() -> None:

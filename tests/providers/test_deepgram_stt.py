@@ -9,7 +9,6 @@ import socket
 import textwrap
 import threading
 import time
-import weakref
 from collections.abc import Iterator
 
 import pytest
@@ -19,7 +18,7 @@ from shared.config import load_settings
 from shared.providers.stt.base import SttEvent, SttEventKind
 from shared.providers.stt.deepgram import DeepgramStream, DeepgramStreamError, DeepgramStt
 from shared.resilience import ProviderUnavailable, guard
-from tests.conftest import no_automatic_collections, poll_until, run_fresh
+from tests.conftest import alive, no_automatic_collections, poll_until, run_fresh
 
 FRAME = 160  # 20 ms of 8 kHz μ-law
 SILENCE, SPEECH = b"\xff" * FRAME, b"\x00\x80" * (FRAME // 2)  # μ-law silence, a loud frame
@@ -238,10 +237,12 @@ def test_a_closed_stream_is_freed_by_reference_counting(fake: DeepgramLiveFake) 
         stream = provider(fake.url).open("en-US", events, on_error=events)
         send_audio(stream, 0.3)
         stream.close()
-        left = weakref.ref(stream)
+        assert alive(DeepgramStream) == 1
         del stream
         # websockets' reader (a thread here) lets go of it once it has seen the close
-        assert poll_until(lambda: left() is None), "the closed stream is still referenced"
+        assert poll_until(lambda: alive(DeepgramStream) == 0), (
+            "the closed stream is still referenced"
+        )
 
 
 def test_nothing_listening_is_provider_unavailable_after_the_guards_retries(

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import time
-import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -20,7 +19,7 @@ from shared.voice.call_loop import CallLoop, CallSetup
 from shared.voice.recorder import TurnRecord
 from shared.voice.responder import LLM_READ_PACE_S
 from shared.voice.stages import CallProviders, Stage
-from tests.conftest import no_automatic_collections
+from tests.conftest import alive, no_automatic_collections
 
 WORDS = "one two three four five six seven eight nine ten"
 AUDIO = b"\x7f" * 8000  # one second: ten 100 ms chunks
@@ -203,10 +202,10 @@ def test_a_closed_loop_is_freed_by_reference_counting() -> None:
             while not sent:  # the greeting is playing
                 gevent.sleep(0.01)
         loop.close()
-        left = weakref.ref(loop)
+        assert alive(CallLoop) == 1
         del loop
         gevent.sleep(0.05)  # the hub lets go of the killed greenlets
-        assert left() is None, "the closed loop is still referenced"
+        assert alive(CallLoop) == 0, "the closed loop is still referenced"
 
 
 def test_a_replys_llm_reads_are_spaced_once_its_first_sentence_is_with_the_tts() -> None:

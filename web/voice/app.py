@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import logging
+
 from flask import Flask
 from flask_sock import Sock
 
+from shared import native
 from shared.config import Settings
 from web import http_common
 from web.voice.media import media_stream
 from web.voice.media_socket import DeferredReader, without_extensions
 from web.voice.runtime import VoiceRuntime
 
+log = logging.getLogger(__name__)
+
 
 def create_app(settings: Settings, runtime: VoiceRuntime) -> Flask:
+    log.info("voice: %s", native.describe())
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     # flask-sock does the upgrade; the handler then reads and writes the socket itself.

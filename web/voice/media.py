@@ -59,7 +59,10 @@ def media_stream(ws: Any) -> None:
 
 
 def _serve(runtime: VoiceRuntime, ws: MediaSocket) -> None:
-    grant = stream_tokens.redeem(runtime.settings.signing_key, request.args.get("token", ""))
+    # As Any: compiled (shared/native.py), a call typed as dict.get would use dict's own
+    # get and skip MultiDict's, which returns the value rather than the list of them.
+    args: Any = request.args
+    grant = stream_tokens.redeem(runtime.settings.signing_key, args.get("token", ""))
     if grant is None:
         return _reject(ws, "invalid or expired stream token")
     try:

@@ -71,6 +71,7 @@ from scripts.devstack import ROOT, Endpoints, services
 from scripts.fakes import deepgram_live
 from scripts.fakes.telnyx_media import CallClosed, FakeTelnyxCall, Gap, MediaLoop
 from scripts.fakes.telnyx_media_loop import TICK
+from shared import native
 from shared.config import load_settings
 from shared.db.engine import make_engine, make_session_factory, session_scope
 from shared.db.migrate import upgrade
@@ -78,6 +79,7 @@ from shared.db.models import Agent, Call, CallTurn, KnowledgeEntry, Organization
 from shared.services import stream_tokens
 from shared.voice.sentences import SentenceSplitter
 
+HOOKS = Path(__file__).parent / "worker_hooks"  # loaded into the voice worker by PYTHONPATH
 DEFAULT_DATA_DIR = ROOT / ".data" / "vbench"  # its own servers: never the dev or test data
 DATABASE = "switchboard_vbench"
 QUESTION = (ROOT / "tests" / "providers" / "fixtures" / "caller_when_open.ulaw").read_bytes()
@@ -542,6 +544,9 @@ def voice_server(
         **{key: "" for key in ("DEEPGRAM_API_KEY", "CARTESIA_API_KEY", "GROQ_API_KEY")},
         **extra,
     }
+    if os.environ.get("BENCH_INTERPRETED") == "1":  # the worker hooks' import finder does it
+        env["BENCH_INTERPRETED"] = "1"
+        env["PYTHONPATH"] = f"{ROOT}{os.pathsep}{HOOKS}"
     log_path = data_dir / f"voice-{label}.log"
     argv = processes.procfile_argv("voice", path)
     ready = processes.answers(port)
@@ -1505,6 +1510,8 @@ def run_ramp(ctx: Context) -> list[str]:
     best, strict = capacity(results, lambda r: r.ok)
     _, relaxed = capacity(results, lambda r: r.ok_relaxed)
     _, at_arrival = capacity(results, lambda r: r.ok_at_arrival)
+    if not any(r.read_waits.count for r in results):  # the hooks cannot time a compiled pump
+        at_arrival = "not measured (the pump is compiled; --interpreted measures it)"
     lines = [
         "",
         "(b) simultaneous calls in one voice process (VOICE_CHUNK_MS=100, VOICE_LEAD_MS=200, "
@@ -1769,7 +1776,7 @@ def worker_hooks(ctx: Context, env: dict[str, str], *, account: bool) -> Path:
     directory.mkdir(exist_ok=True)
     for name in ("on", "arrivals.json", "account.json"):
         (directory / name).unlink(missing_ok=True)
-    env["PYTHONPATH"] = f"{ROOT}{os.pathsep}{Path(__file__).parent / 'worker_hooks'}"
+    env["PYTHONPATH"] = f"{ROOT}{os.pathsep}{HOOKS}"
     env["BENCH_HOOKS_DIR"] = str(directory)
     if account:
         env["BENCH_ACCOUNT"] = "1"
@@ -2094,7 +2101,8 @@ def machine_facts() -> list[str]:
     return [
         f"nproc    {len(os.sched_getaffinity(0))}",
         f"cpu      {model}",
-        f"python   {platform.python_version()}",
+        f"python   {platform.python_version()}; {native.describe()}"
+        + ("; --interpreted: run as Python" if os.environ.get("BENCH_INTERPRETED") else ""),
         f"started  {datetime.now(UTC):%Y-%m-%d %H:%M:%S} UTC, {load_line()}",
     ]
 
@@ -2171,6 +2179,12 @@ def _parse_args() -> argparse.Namespace:
         help="with --pin: also keep the machine's other processes off the voice core for the run",
     )
     parser.add_argument(
+        "--interpreted",
+        action="store_true",
+        help="the voice worker runs the frame path as Python even where it is compiled "
+        "(shared/native.py), for an A/B against a run without it",
+    )
+    parser.add_argument(
         "--quiet-wait",
         type=float,
         default=300.0,
@@ -2185,6 +2199,8 @@ def _on_sigterm(signum: int, frame: object) -> None:
 
 def main() -> int:
     args = _parse_args()
+    if args.interpreted:
+        os.environ["BENCH_INTERPRETED"] = "1"  # voice_server passes it on
     signal.signal(signal.SIGTERM, _on_sigterm)
     # The phones' MediaLoop threads share the GIL with a Caller thread per call; at the
     # default 5 ms switch interval a loop thread waited up to ~100 ms for its turn at 80

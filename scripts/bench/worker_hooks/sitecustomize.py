@@ -48,6 +48,8 @@ from __future__ import annotations
 import bisect
 import functools
 import gc
+import importlib.abc
+import importlib.util
 import json
 import os
 import socket
@@ -345,7 +347,6 @@ def _install(directory: str) -> None:
     def timed_recv(media: MediaSocket) -> bytes:  # a function: bound as the method is
         return arrivals.recv(media)
 
-    MediaSocket._pump_recv = timed_recv  # type: ignore[method-assign]
     original_round = ReadTicker._round
 
     def counted_round(self: ReadTicker) -> None:
@@ -358,7 +359,11 @@ def _install(directory: str) -> None:
         original_round(self)
         account.pumped(time.thread_time() - cpu)
 
-    ReadTicker._round = counted_round  # type: ignore[method-assign]
+    try:
+        MediaSocket._pump_recv = timed_recv  # type: ignore[method-assign]
+        ReadTicker._round = counted_round  # type: ignore[method-assign]
+    except TypeError:  # compiled (shared/native.py): no arrivals, gaps, rounds at checkpoints
+        pass
     gc.callbacks.append(COLLECTIONS.callback)
     if account is not None:
         greenlet.settrace(account.switch)
@@ -366,5 +371,22 @@ def _install(directory: str) -> None:
     monkey.get_original("threading", "Thread")(target=control, daemon=True).start()
 
 
+class _Interpreted(importlib.abc.MetaPathFinder):
+    """With BENCH_INTERPRETED=1: the frame path's modules from their sources even where a
+    compiled build is in the tree (shared/native.py), for an A/B on the same machine."""
+
+    def __init__(self) -> None:
+        from shared.native import MODULES, module_name
+
+        root = os.path.abspath(os.path.join(os.path.dirname(__file__), *[os.pardir] * 3))
+        self.sources = {module_name(path): os.path.join(root, path) for path in MODULES}
+
+    def find_spec(self, name: str, path: Any, target: Any = None) -> Any:
+        source = self.sources.get(name)
+        return None if source is None else importlib.util.spec_from_file_location(name, source)
+
+
+if os.environ.get("BENCH_INTERPRETED") == "1" and "gunicorn" in " ".join(sys.argv):
+    sys.meta_path.insert(0, _Interpreted())
 if DIRECTORY and "gunicorn" in " ".join(sys.argv):
     os.register_at_fork(after_in_child=functools.partial(_install, DIRECTORY))

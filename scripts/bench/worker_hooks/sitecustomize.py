@@ -86,7 +86,8 @@ def label_of(g: Any) -> str:
     run = getattr(g, "_run", None) or getattr(g, "run", None)
     run = getattr(run, "func", run)  # a functools.partial
     name = "hub" if type(g).__name__ == "Hub" else getattr(run, "__qualname__", type(g).__name__)
-    return f"{getattr(run, '__module__', '') or ''}.{name}"
+    module = getattr(run, "__module__", None) or type(getattr(run, "__self__", None)).__module__
+    return f"{module if module != 'builtins' else ''}.{name}"  # compiled methods: their class's
 
 
 class Account:

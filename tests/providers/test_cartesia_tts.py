@@ -282,6 +282,19 @@ tts.close(); fake.stop()
     assert run_fresh(script).split() == ["True", "True"]
 
 
+def test_the_sdks_request_models_are_complete_once_the_provider_is_imported() -> None:
+    """Else the first turn completes them, and pydantic reads its caller's frames for
+    that: from a reply greenlet's shallow (compiled) stack it raised, and every call fell
+    back to the local voice."""
+    script = """
+import shared.providers.tts.cartesia
+from cartesia.types.generation_request import GenerationRequest
+from cartesia.types.websocket_client_event import CancelContextRequest
+print(GenerationRequest.__pydantic_complete__, CancelContextRequest.__pydantic_complete__)
+"""
+    assert run_fresh(script).split() == ["True", "True"]
+
+
 def test_the_fake_accepts_an_x_api_key_and_requires_a_version(fake: FakeCartesiaTts) -> None:
     url = fake.ws_url + "/tts/websocket"
     key = {"X-API-Key": DEFAULT_API_KEY}

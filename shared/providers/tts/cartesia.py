@@ -57,6 +57,14 @@ OUTPUT_FORMAT = {"container": "raw", "encoding": "pcm_mulaw", "sample_rate": 800
 YIELD_EVERY = 4  # messages of one burst the reader handles before it lets other calls run
 BURST_GAP_S = 0.001  # a message handled this soon after the last came in the same read
 
+# The SDK's request models are completed lazily, on their first validation, and pydantic
+# then reads its caller's frames (sys._getframe) for their namespace: from the reply
+# greenlet's shallow stack, compiled (shared/native.py), that raised ValueError and every
+# call fell back to the local voice; interpreted, it cost the process's first turn ~1.2 ms.
+# Completed here, at import, instead.
+GenerationRequest.model_rebuild()
+CancelContextRequest.model_rebuild()
+
 
 class CartesiaTtsError(Exception):
     """Cartesia ended a turn with an error, went silent, or the connection dropped."""

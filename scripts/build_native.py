@@ -6,8 +6,9 @@
 Each module's extension lands beside its source, where Python's import prefers it; the
 build records a hash of the sources it compiled, so a stale extension is rebuilt by the
 next bootstrap and caught by the test suite (tests/conftest.py) rather than run. Without a
-C compiler, or with SWITCHBOARD_NATIVE=0, nothing is compiled and any earlier build is
-removed: the same modules then run as Python."""
+C compiler and Python's headers, or with SWITCHBOARD_NATIVE=0, nothing is compiled and any
+earlier build is removed: the same modules then run as Python. A build that fails where
+they are present fails the bootstrap: our sources no longer compile, which CI must see."""
 
 from __future__ import annotations
 
@@ -89,8 +90,11 @@ def _mypy_version() -> str:
     return __version__
 
 
-def _compiler() -> str | None:
-    return shutil.which(os.environ.get("CC") or sysconfig.get_config_var("CC").split()[0])
+def _can_compile() -> bool:
+    """A C compiler, Python's headers (Debian's python3-dev) and mypyc: what a build needs."""
+    compiler = os.environ.get("CC") or sysconfig.get_config_var("CC").split()[0]
+    headers = Path(sysconfig.get_paths()["include"]) / "Python.h"
+    return shutil.which(compiler) is not None and headers.exists() and _mypy_version() != "none"
 
 
 def main() -> int:
@@ -100,9 +104,10 @@ def main() -> int:
     if args.clean or os.environ.get("SWITCHBOARD_NATIVE", "1") == "0":
         clean()
         return 0
-    if _compiler() is None or _mypy_version() == "none":
+    if not _can_compile():
         print(
-            "build_native: no C compiler or mypyc here; the frame path runs as Python",
+            "build_native: no C compiler, Python headers or mypyc here; "
+            "the frame path runs as Python",
             file=sys.stderr,
         )
         clean()

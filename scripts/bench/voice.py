@@ -1385,8 +1385,8 @@ def measure_step(
     after, arrivals = scrape(server), read_arrivals(hooks)
     collections = collections_delta(collections_before, read_collections(hooks))
     long_gaps = long_gaps_delta(long_gaps_before, read_long_gaps(hooks))
-    if not arrivals["waits"].count:  # the hooks cannot time a compiled pump's rounds
-        long_gaps = "not measured (the pump is compiled)"
+    if not arrivals["waits"].count:
+        long_gaps = "not measured (the worker hooks timed no pump read)"
     phones.windows.close()
     time.sleep(GRACE_S)
     lag = histogram_delta(before, after, "voice_inbound_frame_lag_seconds")
@@ -1512,8 +1512,8 @@ def run_ramp(ctx: Context) -> list[str]:
     best, strict = capacity(results, lambda r: r.ok)
     _, relaxed = capacity(results, lambda r: r.ok_relaxed)
     _, at_arrival = capacity(results, lambda r: r.ok_at_arrival)
-    if not any(r.read_waits.count for r in results):  # the hooks cannot time a compiled pump
-        at_arrival = "not measured (the pump is compiled; --interpreted measures it)"
+    if not any(r.read_waits.count for r in results):
+        at_arrival = "not measured (the worker hooks timed no pump read)"
     lines = [
         "",
         "(b) simultaneous calls in one voice process (VOICE_CHUNK_MS=100, VOICE_LEAD_MS=200, "

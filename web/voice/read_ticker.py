@@ -63,6 +63,9 @@ from shared.modules import with_names
 log = logging.getLogger(__name__)
 TICK_S = 0.002
 LATE_S = 0.004  # no round for this long: a checkpoint runs one (`catch_up`)
+# Called as each pump round begins, if set: the benchmark's worker hooks time the gaps
+# between rounds (compiled, shared/native.py, the class takes no patch).
+round_hook: Callable[[], None] | None = None
 
 
 def read_ticker(tick_s: float = TICK_S) -> ReadTicker | None:
@@ -261,6 +264,8 @@ class ReadTicker:
         """`read()` every pumped socket that has data; a socket whose `read` is done goes
         back to the greenlet that handed it over."""
         self._in_round, self._round_at = True, time.monotonic()
+        if round_hook is not None:
+            round_hook()
         try:
             for fileno, _ in self._pump_epoll.poll(0):
                 sock = self._pumped.get(fileno)

@@ -46,6 +46,7 @@ long they took, in `arrivals.json`; and one full collection on request (the file
 from __future__ import annotations
 
 import bisect
+import contextlib
 import functools
 import gc
 import importlib.abc
@@ -223,9 +224,8 @@ class Arrivals:
         self.round_sched = (0, 0)  # ns on its core, ns waiting for it, at the last round
         self.long_gaps = [0, 0.0, 0.0, 0.0]  # over LONG_GAP_S: count, s, s on core, s waiting
 
-    def recv(self, media: Any) -> bytes:
-        """MediaSocket._pump_recv, timed."""
-        raw = media._raw
+    def recv(self, raw: socket.socket) -> bytes:
+        """web.voice.media_socket.pump_recv, timed."""
         if raw.fileno() not in self.stamped:
             raw.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
             self.stamped.add(raw.fileno())
@@ -317,7 +317,8 @@ def _install(directory: str) -> None:
     import greenlet
     from gevent import monkey
 
-    from web.voice.media_socket import RECV_BYTES, MediaSocket
+    from web.voice import media_socket, read_ticker
+    from web.voice.media_socket import RECV_BYTES
     from web.voice.read_ticker import ReadTicker
 
     arrivals, account = Arrivals(RECV_BYTES), Account() if os.environ.get("BENCH_ACCOUNT") else None
@@ -345,26 +346,25 @@ def _install(directory: str) -> None:
             else:
                 account.on = False
 
-    def timed_recv(media: MediaSocket) -> bytes:  # a function: bound as the method is
-        return arrivals.recv(media)
-
-    original_round = ReadTicker._round
-
-    def counted_round(self: ReadTicker) -> None:
+    def round_begins() -> None:
         arrivals.round()
-        if account is None:
-            original_round(self)
-            return
-        account.pump_round()
-        cpu = time.thread_time()
-        original_round(self)
-        account.pumped(time.thread_time() - cpu)
+        if account is not None:
+            account.pump_round()
 
-    try:
-        MediaSocket._pump_recv = timed_recv  # type: ignore[method-assign]
-        ReadTicker._round = counted_round  # type: ignore[method-assign]
-    except TypeError:  # compiled (shared/native.py): no arrivals, gaps, rounds at checkpoints
-        pass
+    media_socket.pump_recv = arrivals.recv
+    read_ticker.round_hook = round_begins
+    if account is not None:
+        original_round = ReadTicker._round
+
+        def counted_round(self: ReadTicker) -> None:
+            cpu = time.thread_time()
+            original_round(self)
+            account.pumped(time.thread_time() - cpu)
+
+        # Compiled (shared/native.py) the class takes no patch: the pump rounds run at
+        # checkpoints then count to the greenlet they ran in.
+        with contextlib.suppress(TypeError):
+            ReadTicker._round = counted_round  # type: ignore[method-assign]
     gc.callbacks.append(COLLECTIONS.callback)
     if account is not None:
         greenlet.settrace(account.switch)

@@ -19,8 +19,10 @@ on 2+ cores) the voice worker has the last core to itself and all the rest share
     inbound frame lag (`voice_inbound_frame_lag_seconds`), agent-audio underruns and clear
     latency at the phone, voice worker CPU. Then the baseline: the reference's naive
     flask-sock relay (scripts/bench/relay.py) on the same core at `--relay-streams` open
-    lines, a call's CPU against a relay stream's. Then a py-spy profile, and the same step
-    at several VOICE_CHUNK_MS.
+    lines, a call's CPU against a relay stream's. Then a py-spy profile (`--profile-calls`),
+    the worker's CPU per greenlet (`--account-calls`) or by area from perf's native stacks
+    (`--perf-calls`, scripts/bench/perf_stacks.py), and the same step at several
+    VOICE_CHUNK_MS.
 (c) Local providers (Whisper + Silero, local agent, Piper): voice-to-voice on this CPU.
 
 Everything it starts is stopped at the end, on error and on Ctrl-C too.
@@ -66,7 +68,7 @@ from sqlalchemy import Engine, insert, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from scripts import processes
-from scripts.bench import loadgen
+from scripts.bench import loadgen, perf_stacks
 from scripts.devstack import ROOT, Endpoints, services
 from scripts.fakes import deepgram_live
 from scripts.fakes.telnyx_media import CallClosed, FakeTelnyxCall, Gap, MediaLoop
@@ -1495,6 +1497,9 @@ def run_ramp(ctx: Context) -> list[str]:
                     profile = profile_worker(ctx, server, calls)
                 if calls == args.account_calls:
                     profile += account_worker(hooks, args.profile_seconds, calls)
+                if calls == args.perf_calls:
+                    log(f"  perf: {args.profile_seconds:.0f} s at {calls} calls")
+                    profile += perf_stacks.record(server.worker, args.profile_seconds, cpu=0)
                 if (
                     result.lag.quantile(0.5) > 0.2
                     or pct(result.v2v, 50) > 2000
@@ -1782,6 +1787,8 @@ def worker_hooks(ctx: Context, env: dict[str, str], *, account: bool) -> Path:
     env["BENCH_HOOKS_DIR"] = str(directory)
     if account:
         env["BENCH_ACCOUNT"] = "1"
+    if os.environ.get("BENCH_UNTIMED") == "1":
+        env["BENCH_UNTIMED"] = "1"
     return directory
 
 
@@ -2104,7 +2111,8 @@ def machine_facts() -> list[str]:
         f"nproc    {len(os.sched_getaffinity(0))}",
         f"cpu      {model}",
         f"python   {platform.python_version()}; {native.describe()}"
-        + ("; --interpreted: run as Python" if os.environ.get("BENCH_INTERPRETED") else ""),
+        + ("; --interpreted: run as Python" if os.environ.get("BENCH_INTERPRETED") else "")
+        + ("; --untimed: pump reads not timed" if os.environ.get("BENCH_UNTIMED") else ""),
         f"started  {datetime.now(UTC):%Y-%m-%d %H:%M:%S} UTC, {load_line()}",
     ]
 
@@ -2129,6 +2137,12 @@ def _parse_args() -> argparse.Namespace:
     parser.add_argument("--window", type=float, default=20.0, help="measured seconds per step")
     parser.add_argument("--settle", type=float, default=6.0, help="seconds before each window")
     parser.add_argument("--profile-calls", type=int, default=30, help="py-spy at this step")
+    parser.add_argument(
+        "--perf-calls",
+        type=int,
+        default=0,
+        help="perf with DWARF stacks at this step: the worker's CPU by area (perf_stacks.py)",
+    )
     parser.add_argument("--profile-seconds", type=float, default=10.0)
     parser.add_argument(
         "--account-calls",
@@ -2187,6 +2201,13 @@ def _parse_args() -> argparse.Namespace:
         "(shared/native.py), for an A/B against a run without it",
     )
     parser.add_argument(
+        "--untimed",
+        action="store_true",
+        help="the worker hooks leave the pump's reads and rounds alone (no SO_TIMESTAMPNS "
+        "recvmsg per read, no schedstat per round): the worker's CPU without them; the "
+        "'at the voice process' verdict is then not measured",
+    )
+    parser.add_argument(
         "--quiet-wait",
         type=float,
         default=300.0,
@@ -2203,6 +2224,8 @@ def main() -> int:
     args = _parse_args()
     if args.interpreted:
         os.environ["BENCH_INTERPRETED"] = "1"  # voice_server passes it on
+    if args.untimed:
+        os.environ["BENCH_UNTIMED"] = "1"  # worker_hooks passes it on
     signal.signal(signal.SIGTERM, _on_sigterm)
     # The phones' MediaLoop threads share the GIL with a Caller thread per call; at the
     # default 5 ms switch interval a loop thread waited up to ~100 ms for its turn at 80

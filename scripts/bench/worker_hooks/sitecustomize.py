@@ -1,19 +1,20 @@
 """The voice benchmark's hooks in the voice worker, loaded through PYTHONPATH by the
 benchmark only (`BENCH_HOOKS_DIR`), each writing what it found to a file there.
 
-**Frame arrivals** (always on): for each read of the frame pump, how long the data had been
-in the kernel (SO_TIMESTAMPNS, the last segment read), so the benchmark measures what the
-issue asks of a frame, "handled no later than 20 ms after arrival", at the voice process
-itself. The frame lag from the phones' `media.timestamp` also counts the load generator:
-on this 2-core machine, at 200 calls, its phones share one busy core and one GIL, and a
-frame can leave a phone (or cross the loopback) well after it was stamped. Costs a
-`recvmsg` and its ancillary data instead of a `recv` (~1-2 µs a read). With them, the gaps
-between two pump rounds (the kernel stamps a read with its newest segment, so a frame
-that waited through a gap shows in the gap). Bucket counts in `arrivals.json`, rewritten
-every 0.2 s. And for the gaps over `LONG_GAP_S`, where the worker's thread was in them
-(from /proc/thread-self/schedstat, ~1 µs a round): on its core (its own work: a long
-greenlet run, a collection), waiting for it in the kernel's run queue (another task on its
-core), or neither (the hypervisor had taken the vCPU, or the thread blocked in a call).
+**Frame arrivals** (on unless `--untimed`, `BENCH_UNTIMED=1`): for each read of the frame
+pump, how long the data had been in the kernel (SO_TIMESTAMPNS, the last segment read), so
+the benchmark measures what the issue asks of a frame, "handled no later than 20 ms after
+arrival", at the voice process itself. The frame lag from the phones' `media.timestamp`
+also counts the load generator: on this 2-core machine, at 200 calls, its phones share one
+busy core and one GIL, and a frame can leave a phone (or cross the loopback) well after it
+was stamped. Costs a `recvmsg` and its ancillary data instead of a `recv` (~1-2 µs a read).
+With them, the gaps between two pump rounds (the kernel stamps a read with its newest
+segment, so a frame that waited through a gap shows in the gap). Bucket counts in
+`arrivals.json`, rewritten every 0.2 s. And for the gaps over `LONG_GAP_S`, where the
+worker's thread was in them (from /proc/thread-self/schedstat, ~1 µs a round): on its core
+(its own work: a long greenlet run, a collection), waiting for it in the kernel's run queue
+(another task on its core), or neither (the hypervisor had taken the vCPU, or the thread
+blocked in a call).
 
 **The per-greenlet CPU account** (`--account-calls`, `BENCH_ACCOUNT=1`):
 
@@ -351,8 +352,11 @@ def _install(directory: str) -> None:
         if account is not None:
             account.pump_round()
 
-    media_socket.pump_recv = arrivals.recv
-    read_ticker.round_hook = round_begins
+    if os.environ.get("BENCH_UNTIMED") != "1":  # --untimed: the worker's CPU without them
+        media_socket.pump_recv = arrivals.recv
+        read_ticker.round_hook = round_begins
+    elif account is not None:
+        read_ticker.round_hook = account.pump_round
     if account is not None:
         original_round = ReadTicker._round
 

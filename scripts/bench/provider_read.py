@@ -3,7 +3,8 @@ with websockets' sync client (the Deepgram and Cartesia SDKs' transport) waiting
 selector or in the read ticker's (`web/voice/read_ticker.py`, `wait_provider_sockets`), and
 each message handed from websockets' reader to a `recv()` in another greenlet or handled in
 the reader itself (`shared/providers/messages.py`, `deliver_messages`), with whole data
-frames split off below websockets' parser or not (`split_frames`).
+frames split off below websockets' parser or not (`split_frames`), or read and handled in
+the ticker's pump (`_PumpedReads`, the voice process's way).
 
     .venv/bin/python -m scripts.bench.provider_read [--connections 100] [--seconds 8]
                                                     [--rounds 3]
@@ -40,6 +41,7 @@ MODES = (
     "read ticker",
     "read ticker, handled in the reader",
     "read ticker, handled in the reader, frames split by hand",
+    "read ticker, read and handled in its pump",
 )
 
 
@@ -65,7 +67,7 @@ def _run(connections: int, seconds: float, mode: str) -> float:
     from websockets.sync.client import connect
 
     from scripts.bench.readers import cpu_us_per_message, read_until_closed, server_port
-    from shared.providers.messages import deliver_messages
+    from shared.providers.messages import deliver_messages, pump_reads_with
     from web.voice.read_ticker import read_ticker, wait_provider_sockets
 
     websockets_connection.selectors = selectors  # type: ignore[attr-defined]  # gevent's
@@ -73,6 +75,8 @@ def _run(connections: int, seconds: float, mode: str) -> float:
         ticker = read_ticker()
         assert ticker is not None, "no epoll here"
         wait_provider_sockets(ticker)
+        if mode != MODES[4]:
+            pump_reads_with(None)
     server, port = server_port("scripts.bench.provider_read", seconds + 4)
     received = [0]
 
@@ -82,7 +86,7 @@ def _run(connections: int, seconds: float, mode: str) -> float:
             read_until_closed(ws.recv, ws.close, received)
             return
         ended = Event()
-        split = mode == MODES[3]
+        split = mode in MODES[3:]
         deliver_messages(ws, lambda data, text: count(), lambda _: ended.set(), split_frames=split)
         ended.wait()
         ws.close()

@@ -1787,8 +1787,9 @@ def worker_hooks(ctx: Context, env: dict[str, str], *, account: bool) -> Path:
     env["BENCH_HOOKS_DIR"] = str(directory)
     if account:
         env["BENCH_ACCOUNT"] = "1"
-    if os.environ.get("BENCH_UNTIMED") == "1":
-        env["BENCH_UNTIMED"] = "1"
+    for name in ("BENCH_UNTIMED", "BENCH_READER_READS"):
+        if os.environ.get(name) == "1":
+            env[name] = "1"
     return directory
 
 
@@ -2112,7 +2113,8 @@ def machine_facts() -> list[str]:
         f"cpu      {model}",
         f"python   {platform.python_version()}; {native.describe()}"
         + ("; --interpreted: run as Python" if os.environ.get("BENCH_INTERPRETED") else "")
-        + ("; --untimed: pump reads not timed" if os.environ.get("BENCH_UNTIMED") else ""),
+        + ("; --untimed: pump reads not timed" if os.environ.get("BENCH_UNTIMED") else "")
+        + ("; --reader-reads" if os.environ.get("BENCH_READER_READS") else ""),
         f"started  {datetime.now(UTC):%Y-%m-%d %H:%M:%S} UTC, {load_line()}",
     ]
 
@@ -2201,6 +2203,12 @@ def _parse_args() -> argparse.Namespace:
         "(shared/native.py), for an A/B against a run without it",
     )
     parser.add_argument(
+        "--reader-reads",
+        action="store_true",
+        help="the provider sockets read by websockets' reader greenlets, not the read "
+        "ticker's pump (shared.providers.messages), for an A/B against a run without it",
+    )
+    parser.add_argument(
         "--untimed",
         action="store_true",
         help="the worker hooks leave the pump's reads and rounds alone (no SO_TIMESTAMPNS "
@@ -2226,6 +2234,8 @@ def main() -> int:
         os.environ["BENCH_INTERPRETED"] = "1"  # voice_server passes it on
     if args.untimed:
         os.environ["BENCH_UNTIMED"] = "1"  # worker_hooks passes it on
+    if args.reader_reads:
+        os.environ["BENCH_READER_READS"] = "1"  # worker_hooks passes it on
     signal.signal(signal.SIGTERM, _on_sigterm)
     # The phones' MediaLoop threads share the GIL with a Caller thread per call; at the
     # default 5 ms switch interval a loop thread waited up to ~100 ms for its turn at 80

@@ -4,7 +4,8 @@ pure-Python model of each message (Deepgram's results, Cartesia's audio), each m
 handled in websockets' own reader (`deliver_messages`), and Deepgram's audio framed by
 websockets' protocol and written without the connection's per-message context
 (`send_binary`), from the read ticker's pump when the socket takes it at once
-(`send_binary_now`)."""
+(`send_binary_now`); in the voice process the messages are read by that pump too
+(`_PumpedReads`)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ import ssl
 import threading
 import weakref
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
+from typing import Protocol as TypingProtocol
 
 import orjson
 from websockets.exceptions import ConnectionClosed
@@ -187,8 +189,7 @@ def deliver_messages(
     first): messages already queued are delivered first, and `recv()` is no longer
     available. With `split_frames` (the default; off only to measure it) whole data frames
     are also split off below websockets' parser (`_FrameSplitter`)."""
-    if split_frames:
-        _FrameSplitter.install(connection.protocol)
+    splitter = _FrameSplitter.install(connection.protocol) if split_frames else None
     delivery = _Delivery(connection, on_message, on_end)
     assembler = connection.recv_messages
     assembler.mutex.acquire()  # websockets' reader queues each frame holding it
@@ -206,6 +207,8 @@ def deliver_messages(
             delivery.deliver(frame)
     if ended:
         delivery.close()
+    elif splitter is not None and (pump := _PumpedReads.pump) is not None:
+        _PumpedReads.install(connection, delivery, splitter, pump)
 
 
 def _drain(frames: queue.SimpleQueue[Frame | None]) -> list[Frame]:
@@ -273,6 +276,16 @@ class _Delivery:
         except Exception as exc:
             self._end(exc)
 
+    def deliver_whole(self, message: bytes, text: bool) -> None:
+        """A whole, unfragmented data message (the pump, holding `order`)."""
+        if self._ended:
+            return
+        self._text, self._fragments = text, []
+        try:
+            self._on_message(message, text)
+        except Exception as exc:
+            self._end(exc)
+
     def close(self) -> None:
         """The stream has ended (websockets calls this holding the connection's lock, so
         `on_end`, which may close the connection, runs in a worker of its own)."""
@@ -319,14 +332,21 @@ class _FrameSplitter:
         self._events: list[Any] = []  # frames and protocol events, in order, not taken yet
 
     @classmethod
-    def install(cls, protocol: Protocol) -> None:
-        """Only at a frame boundary (`_at_frame_boundary`), else the protocol stays as it is."""
+    def install(cls, protocol: Protocol) -> _FrameSplitter | None:
+        """Only at a frame boundary (`_at_frame_boundary`), else the protocol stays as it is
+        (None)."""
         if not _at_frame_boundary(protocol):
-            return
+            return None
         splitter = cls(protocol)
         protocol.receive_data = splitter.receive_data  # type: ignore[method-assign]
         protocol.receive_eof = splitter.receive_eof  # type: ignore[method-assign]
         protocol.events_received = splitter.events_received  # type: ignore[method-assign]
+        return splitter
+
+    @property
+    def at_boundary(self) -> bool:
+        """No part of a frame kept, and no frame split off and not yet taken."""
+        return not self._partial and not self._events
 
     def receive_data(self, data: bytes | bytearray) -> None:
         protocol = self._protocol()
@@ -380,6 +400,207 @@ class _FrameSplitter:
     def _to_protocol(self, protocol: Protocol, data: bytes) -> None:
         Protocol.receive_data(protocol, data)
         self._events += Protocol.events_received(protocol)
+
+
+class ReadPump(TypingProtocol):
+    """The read ticker's side of `_PumpedReads` (web.voice.read_ticker.ReadTicker)."""
+
+    def pump_reads(self, reads: Any) -> None: ...
+
+    def end_reads(self, reads: Any) -> None: ...
+
+
+_TLS_READS = 16  # records read at most in one pumped read (each up to 16 KiB)
+
+
+def pump_reads_with(pump: ReadPump | None) -> None:
+    """From now on connections whose messages go to a handler (`deliver_messages`) are read
+    by `pump` (the voice process's read ticker; None: by websockets' reader), see
+    `_PumpedReads`."""
+    _PumpedReads.pump = pump
+
+
+def delivered_by_pump() -> bool:
+    """Whether the message being handled came through the read ticker's pump: the handler
+    must then neither wait nor yield (every call's frames wait behind it)."""
+    return _PumpedReads.delivering
+
+
+class _PumpedReads:
+    """A connection's socket read in the read ticker's pump, while its websockets reader
+    waits in its selector (web.voice.read_ticker.TickerSelector): each read hands the whole,
+    unmasked data frames at its start to the handler, in the pump's greenlet, which must
+    therefore never wait (the Deepgram and Cartesia handlers queue, set events and write
+    only with `send_now`s).
+
+    Why: a message handled in websockets' reader cost ~35 µs of the voice worker's CPU
+    (`scripts/bench/provider_read.py`): the tick waking the reader, its select, recv
+    through gevent's socket, the connection's locks, websockets' loop; ~1,400 messages a
+    second at 200 calls, 17 % of the worker (`scripts/bench/voice.py --perf-calls`).
+
+    Nothing is handled here that websockets should see: whatever follows the first other
+    frame (a control frame, a fragment, a partial frame, the end of the stream or a read
+    error) is kept and the socket handed back; websockets' loop then reads it through
+    `_ReplaySocket`, which the connection's `socket` becomes, and goes on from there as
+    ever (it answers pings, closes, fails the connection). The pump reads again once the
+    stream is back at a frame boundary. The socket's `close()` ends the pumped reads first
+    (the ticker must forget a file number before it can be reused)."""
+
+    __slots__ = ("_delivery", "_mutex", "_protocol", "_read", "_splitter", "_unread", "fileno")
+    pump: ClassVar[ReadPump | None] = None  # set in the voice process (`pump_reads_with`)
+    delivering: ClassVar[bool] = False  # in the pump, handing messages on
+
+    def __init__(
+        self,
+        connection: Connection,
+        delivery: _Delivery,
+        splitter: _FrameSplitter,
+        read: Callable[[], bytes],
+    ) -> None:
+        self.fileno: int = connection.socket.fileno()
+        self._mutex = connection.protocol_mutex
+        self._protocol = connection.protocol
+        self._delivery = delivery
+        self._splitter = splitter
+        self._read = read
+        self._unread: bytes | BaseException | None = None  # for websockets' loop
+
+    @classmethod
+    def install(
+        cls, connection: Connection, delivery: _Delivery, splitter: _FrameSplitter, pump: ReadPump
+    ) -> None:
+        read = _nonblocking_reader(connection.socket)
+        if read is None:
+            return
+        reads = cls(connection, delivery, splitter, read)
+        connection.socket = _ReplaySocket(connection.socket, reads, pump)  # type: ignore[assignment]
+        pump.pump_reads(reads)
+
+    def can_pump(self) -> bool:
+        protocol = self._protocol
+        return (
+            self._unread is None
+            and protocol.state is State.OPEN
+            and protocol.current_size is None
+            and not protocol.reader.buffer
+            and self._splitter.at_boundary
+        )
+
+    def read(self) -> bool:
+        """In the pump (see the class docstring); False hands the socket back."""
+        delivery = self._delivery
+        if not acquire_now(delivery.order):
+            return True  # never so here (the reader waits in select), but never wait
+        try:
+            return self._read_locked(delivery)
+        finally:
+            delivery.order.release()
+
+    def _read_locked(self, delivery: _Delivery) -> bool:
+        if not acquire_now(self._mutex):
+            return True  # a sender holds it (waiting for its socket): the next round
+        try:
+            if not self.can_pump():
+                return False
+            try:
+                data = self._read()
+            except (BlockingIOError, ssl.SSLWantReadError):
+                return True
+            except Exception as exc:  # websockets' loop meets it, as it would have
+                self._unread = exc
+                return False
+            if not data:
+                self._unread = b""  # the end of the stream, for websockets' loop
+                return False
+            messages, pos = _whole_data_frames(data, self._protocol.max_message_size)
+            if pos < len(data):
+                self._unread = data[pos:]
+        finally:
+            self._mutex.release()
+        _PumpedReads.delivering = True
+        try:
+            for message, text in messages:
+                delivery.deliver_whole(message, text)
+        finally:
+            _PumpedReads.delivering = False
+        return self._unread is None
+
+    def take_unread(self) -> bytes | None:
+        """What the pump left for websockets' loop (None: nothing); raises the read's error."""
+        unread, self._unread = self._unread, None
+        if isinstance(unread, BaseException):
+            raise unread
+        return unread
+
+
+def _whole_data_frames(data: bytes, limit: int | None) -> tuple[list[tuple[bytes, bool]], int]:
+    """The whole, unfragmented, unmasked text and binary frames at the start of `data` (their
+    payloads, and whether text), and where the first other frame starts."""
+    messages: list[tuple[bytes, bool]] = []
+    pos, size = 0, len(data)
+    while (found := frame_at(data, pos)) is not None:
+        start, end, length = found
+        first = data[pos]
+        if end > size or first not in WHOLE_DATA or data[pos + 1] & MASKED:
+            break
+        if limit is not None and length > limit:
+            break  # websockets refuses it, and closes
+        messages.append((data[start:end], first != BINARY))
+        pos = end
+    return messages, pos
+
+
+def _nonblocking_reader(sock: Any) -> Callable[[], bytes] | None:
+    """A read of `sock` that never waits (BlockingIOError or SSLWantReadError when there is
+    nothing; b"" at the end), or None where there is none (as `nonblocking_writer`)."""
+    if not type(sock).__module__.startswith("gevent"):
+        return None
+    if (sslobj := getattr(sock, "_sslobj", None)) is not None:
+        return functools.partial(_tls_read, sslobj)
+    if (raw := getattr(sock, "_sock", None)) is not None:
+        return functools.partial(raw.recv, RECV_BYTES)
+    return None
+
+
+RECV_BYTES = 65536  # websockets' own `recv_bufsize`
+
+
+def _tls_read(sslobj: Any) -> bytes:
+    """The records that have come (OpenSSL hands over one a read)."""
+    chunks: list[bytes] = []
+    for _ in range(_TLS_READS):
+        try:
+            chunk = sslobj.read(RECV_BYTES)
+        except (ssl.SSLWantReadError, BlockingIOError):
+            if chunks:
+                break
+            raise
+        if not chunk:
+            if chunks:
+                break  # the end comes with the next read
+            return b""
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+class _ReplaySocket:
+    """A connection's socket whose `recv()` first returns what the pump left for websockets'
+    loop (`_PumpedReads.take_unread`), and whose `close()` ends the pumped reads first;
+    everything else is the socket's own."""
+
+    def __init__(self, sock: Any, reads: _PumpedReads, pump: ReadPump) -> None:
+        self._sock, self._reads, self._pump = sock, reads, pump
+
+    def recv(self, size: int, *flags: int) -> bytes:
+        unread = self._reads.take_unread()
+        return unread if unread is not None else self._sock.recv(size, *flags)
+
+    def close(self) -> None:
+        self._pump.end_reads(self._reads)
+        self._sock.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
 
 
 def _at_frame_boundary(protocol: Protocol) -> bool:

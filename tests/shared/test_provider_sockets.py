@@ -282,3 +282,164 @@ def test_a_send_that_must_not_wait_never_does_and_every_message_arrives_whole(
     # The lock held elsewhere: refused without a switch (a patched Lock's failed
     # non-blocking acquire yields to the hub, which the pump must never do).
     assert sent["refused_while_locked"] and sent["switches_while_refused"] == 0
+
+
+# Messages read by the read ticker's pump (`deliver_messages` in the voice process,
+# `_PumpedReads`), plain and TLS: whole data frames are handled in the pump; a ping, a
+# fragmented message, a frame larger than one read, a frame split across two writes and the
+# close go through websockets' own loop in between, and nothing is lost, reordered or left
+# registered. Then a connection that we close while the pump reads it.
+PUMPED_SCRIPT = (
+    SEND_NOW_SCRIPT.split("TLS = sys.argv[1]", 1)[0].replace(
+        "from shared.providers.messages import nonblocking_writer, send_binary, send_binary_now",
+        "from shared.providers.messages import deliver_messages, delivered_by_pump\n"
+        "from web.voice.read_ticker import read_ticker, wait_provider_sockets",
+    )
+    + "TLS = sys.argv[1] == 'tls'\n"
+    + "def tls_contexts():"
+    + SEND_NOW_SCRIPT.split("def tls_contexts():", 1)[1].split("server_tls, client_tls", 1)[0]
+    + r"""
+from websockets.frames import Opcode
+
+server_tls, client_tls = tls_contexts() if TLS else (None, None)
+ticker = read_ticker()
+wait_provider_sockets(ticker)
+listener = socket.create_server(("127.0.0.1", 0))
+port = listener.getsockname()[1]
+LARGE = bytes(range(256)) * 1200  # 300 KB: more than one read
+
+
+def accept():
+    conn, _ = listener.accept()
+    if TLS:
+        conn = server_tls.wrap_socket(conn, server_side=True)
+    protocol = ServerProtocol(max_size=None)
+    while not (events := protocol.events_received()):
+        protocol.receive_data(conn.recv(65536))
+    protocol.send_response(protocol.accept(events[0]))
+    conn.sendall(b"".join(protocol.data_to_send()))
+    return conn, protocol
+
+
+def flush(conn, protocol):
+    conn.sendall(b"".join(protocol.data_to_send()))
+
+
+def read_until(conn, protocol, wanted):
+    # The client's frames until one `wanted(frame)`; None at the end of the stream.
+    while data := conn.recv(65536):
+        protocol.receive_data(data)
+        flush(conn, protocol)  # the close frame echoed
+        for event in protocol.events_received():
+            if isinstance(event, Frame) and wanted(event):
+                return event
+    return None
+
+
+def provider():
+    conn, protocol = accept()
+    for n in range(10):
+        protocol.send_binary(b"%d" % n)
+        flush(conn, protocol)
+        gevent.sleep(0.002)
+    protocol.send_ping(b"p1")
+    protocol.send_text(b"frag-", fin=False)
+    protocol.send_continuation(b"ment", fin=True)
+    protocol.send_binary(LARGE)
+    flush(conn, protocol)
+    gevent.sleep(0.01)
+    protocol.send_binary(b"whole")
+    protocol.send_binary(b"split-in-two")
+    out = b"".join(protocol.data_to_send())
+    cut = out.index(b"split") + 3
+    conn.sendall(out[:cut])
+    gevent.sleep(0.02)
+    conn.sendall(out[cut:])
+    for n in range(10, 20):
+        protocol.send_text(b"%d" % n)
+        flush(conn, protocol)
+        gevent.sleep(0.002)
+    pong = read_until(conn, protocol, lambda f: f.opcode is Opcode.PONG)
+    protocol.send_close(1000, "bye")
+    flush(conn, protocol)
+    read_until(conn, protocol, lambda f: f.opcode is Opcode.CLOSE)
+    conn.close()
+    return pong is not None and bytes(pong.data) == b"p1"
+
+
+def quiet_provider():
+    conn, protocol = accept()
+    for n in range(5):
+        protocol.send_binary(b"%d" % n)
+        flush(conn, protocol)
+    read_until(conn, protocol, lambda f: f.opcode is Opcode.CLOSE)
+    conn.close()
+
+
+def run(serve, close_first):
+    served = gevent.spawn(serve)
+    url = f"{'wss' if TLS else 'ws'}://localhost:{port}"
+    ws = connect(url, ssl=client_tls, max_size=None, close_timeout=1, legacy=True)
+    got, by_pump, ended, end = [], [], Event(), {}
+
+    def on_message(data, text):
+        got.append([data[:12].decode("latin-1") if len(data) < 100 else f"{len(data)} bytes"
+                    f" {'same' if data == LARGE else 'different'}", text])
+        by_pump.append(delivered_by_pump())
+
+    def on_end(reason):
+        end["reason"] = type(reason).__name__
+        ended.set()
+
+    deliver_messages(ws, on_message, on_end)
+    if close_first:
+        while len(got) < 5:
+            gevent.sleep(0.01)
+        started = time.monotonic()
+        ws.close()
+    else:
+        started = time.monotonic()
+    ended.wait(10)
+    ws.recv_events_thread.join(5)
+    return {
+        "got": got,
+        "by_pump": by_pump,
+        "pong": served.get(timeout=5),
+        "ended": end.get("reason"),
+        "reader_alive": ws.recv_events_thread.is_alive(),
+        "closing_s": time.monotonic() - started,
+    }
+
+
+results = {"provider_closes": run(provider, False), "we_close": run(quiet_provider, True)}
+results["watched_after"] = ticker.watched
+results["pumped_reads_after"] = len(ticker._selector_pumps)
+print(json.dumps(results))
+"""
+)
+
+
+@pytest.mark.parametrize("transport", ["plain", "tls"])
+def test_messages_read_in_the_pump_arrive_whole_in_order_with_websockets_doing_the_rest(
+    transport: str,
+) -> None:
+    result = json.loads(run_fresh(PUMPED_SCRIPT, transport))
+    closed_by_provider, closed_by_us = result["provider_closes"], result["we_close"]
+    assert closed_by_provider["got"] == [
+        *[[str(n), False] for n in range(10)],
+        ["frag-ment", True],
+        ["307200 bytes same", False],
+        ["whole", False],
+        ["split-in-two", False],
+        *[[str(n), True] for n in range(10, 20)],
+    ]
+    # Most whole messages were handled in the pump (the rest came with a frame for
+    # websockets' loop, or while it was at work), and the ping was answered.
+    assert sum(closed_by_provider["by_pump"]) >= 10
+    assert closed_by_provider["pong"] is True
+    assert closed_by_provider["ended"] == "ConnectionClosedOK"
+    assert not closed_by_provider["reader_alive"]
+    assert closed_by_us["got"] == [[str(n), False] for n in range(5)]
+    assert closed_by_us["ended"] == "ConnectionClosedOK"
+    assert not closed_by_us["reader_alive"] and closed_by_us["closing_s"] < 1
+    assert result["watched_after"] == 0 and result["pumped_reads_after"] == 0

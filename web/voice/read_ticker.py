@@ -33,6 +33,13 @@ Two ways to be served, per socket:
   message cost ~180 µs of CPU, ~145 µs with this selector (100 connections, a message
   each every 50 ms: scripts/bench/provider_read.py), ~650 messages a second at 100 calls.
   `wait_provider_sockets(ticker)` has websockets' sync connections use it.
+- Pumped provider reads: a connection whose messages go to a handler
+  (`shared.providers.messages.deliver_messages`) registers `PumpedReads` for its socket;
+  its reader's `select()` then hands the socket to the pump, which reads it and hands each
+  whole data frame to the handler with no greenlet switch (the reader's wake-up, select,
+  locks and websockets' loop cost ~25 of the ~35 µs a message took). Whatever the pump
+  does not handle (a control frame, a partial frame, the end) is left for websockets' own
+  loop, which `select()` then returns to.
 
 gevent has no public API for this (its watchers are per socket), hence the hand-made part:
 the unpatched `select.epoll` (gevent's monkey-patching hides it) and gevent's `Waiter`, its
@@ -59,6 +66,7 @@ from gevent.hub import Waiter
 from websockets.sync import connection as websockets_connection
 
 from shared.modules import with_names
+from shared.providers import messages
 
 log = logging.getLogger(__name__)
 TICK_S = 0.002
@@ -84,6 +92,20 @@ class _Waiting(Protocol):
 
     def ready(self, fileno: int) -> None:
         """In the hub, at a tick that found the file readable."""
+
+
+class PumpedReads(Protocol):
+    """A provider socket that the pump reads for its TickerSelector (see the module
+    docstring; shared.providers.messages)."""
+
+    fileno: int
+
+    def can_pump(self) -> bool:
+        """Whether the pump may read it now (else websockets' own loop reads next)."""
+
+    def read(self) -> bool:
+        """In the pump: read what has arrived and hand on the whole data frames; False to
+        hand the socket back to websockets' loop. Never waits."""
 
 
 class _Socket:
@@ -121,6 +143,7 @@ class ReadTicker:
         self._round_at = 0.0  # when the last pump round began
         self._in_round = False
         self._timer: Any = None  # running while any socket is registered
+        self._selector_pumps: dict[int, PumpedReads] = {}  # by file number
 
     def readable(self, fileno: int) -> Callable[[], None]:
         """A `wait()` for the reader of `fileno`: returns once the socket has data (or
@@ -182,6 +205,21 @@ class ReadTicker:
         if self._unpump(sock) and sock.handed_back.greenlet is not None:
             loop.run_callback(sock.handed_back.switch, None)
         self._stop_if_idle()
+
+    def pump_reads(self, reads: PumpedReads) -> None:
+        """From now on the TickerSelector that waits for `reads.fileno` has the pump read it
+        through `reads` (TickerSelector.select)."""
+        self._selector_pumps[reads.fileno] = reads
+
+    def end_reads(self, reads: PumpedReads) -> None:
+        """Before the socket closes: no more pumped reads (a select pumping it goes on as
+        if woken for nothing, and waits for the connection's other file)."""
+        if self._selector_pumps.get(reads.fileno) is reads:
+            del self._selector_pumps[reads.fileno]
+            self.forget(reads.fileno)
+
+    def pumped_reads(self, fileno: int) -> PumpedReads | None:
+        return self._selector_pumps.get(fileno)
 
     def watch(self, entry: _Waiting) -> None:
         """`entry.ready(fileno)` at each tick while its file is readable (TickerSelector)."""
@@ -313,6 +351,7 @@ class TickerSelector(selectors.BaseSelector):
         self._watched: dict[int, _Watched] = {}
         self._ready: set[int] = set()  # files a tick found readable since the last select
         self._waiter = Waiter()
+        self._pumping = -1  # the file the pump reads for this select (`_pump_reads`)
 
     def register(self, fileobj: Any, events: int, data: Any = None) -> selectors.SelectorKey:
         if events != selectors.EVENT_READ:
@@ -333,6 +372,8 @@ class TickerSelector(selectors.BaseSelector):
         return key
 
     def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
+        if timeout is None and not self._ready:
+            self._pump_reads()
         if self._ready:
             pass
         elif timeout is None:
@@ -351,9 +392,37 @@ class TickerSelector(selectors.BaseSelector):
     def get_map(self) -> Mapping[Any, selectors.SelectorKey]:
         return MappingProxyType(self._keys)
 
+    def _pump_reads(self) -> None:
+        """If one of the files has `PumpedReads`, and they can pump: have the pump read it
+        until it hands it back, then report it readable (websockets' loop reads what the pump
+        left: `shared.providers.messages`), unless the reads ended (the socket is closing)."""
+        ticker = self._ticker
+        reads = None
+        for fileno in self._keys:
+            if (reads := ticker.pumped_reads(fileno)) is not None:
+                break
+        if reads is None or not reads.can_pump():
+            return
+        fileno = reads.fileno
+        watched = self._watched[fileno]
+        ticker.unwatch(watched)  # the pump's epoll has it now
+        self._pumping = fileno
+        try:
+            ticker.readable(fileno)
+            ticker.pump(fileno, reads.read)
+        finally:
+            self._pumping = -1
+            ticker.forget(fileno)
+            if ticker.pumped_reads(fileno) is reads:  # not ended: the socket is open
+                ticker.watch(watched)
+                self._ready.add(fileno)
+
     def _wake(self, fileno: int) -> None:
         """In the hub, from a tick: the file is readable."""
         self._ready.add(fileno)
+        if self._pumping >= 0:  # the connection's other file: its reader must see it
+            self._ticker.forget(self._pumping)
+            return
         self._waiter.switch(None)  # into select() if it waits, else kept for the next one
 
 
@@ -383,3 +452,4 @@ def wait_provider_sockets(ticker: ReadTicker) -> None:
     `selectors`, which gevent's patching has already made gevent's, is replaced."""
     selector = functools.partial(TickerSelector, ticker)
     websockets_connection.selectors = with_names(selectors, DefaultSelector=selector)  # type: ignore[attr-defined]
+    messages.pump_reads_with(ticker)

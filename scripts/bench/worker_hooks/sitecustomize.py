@@ -314,6 +314,16 @@ def _write(path: str, value: dict[str, Any]) -> None:
     os.replace(path + ".tmp", path)
 
 
+def _variants() -> None:
+    """The other side of the benchmark's A/B switches: `--reader-reads` (the provider
+    sockets read by websockets' readers, not the read ticker's pump)."""
+    if os.environ.get("BENCH_READER_READS") == "1":
+        from shared.providers import messages
+
+        # web.voice.read_ticker calls it by this name when it makes the ticker
+        messages.pump_reads_with = lambda pump: None  # type: ignore[assignment]
+
+
 def _install(directory: str) -> None:
     import greenlet
     from gevent import monkey
@@ -352,6 +362,7 @@ def _install(directory: str) -> None:
         if account is not None:
             account.pump_round()
 
+    _variants()
     if os.environ.get("BENCH_UNTIMED") != "1":  # --untimed: the worker's CPU without them
         media_socket.pump_recv = arrivals.recv
         read_ticker.round_hook = round_begins

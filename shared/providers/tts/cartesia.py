@@ -37,7 +37,7 @@ from cartesia.types.websocket_client_event import CancelContextRequest
 from websockets.exceptions import ConnectionClosed
 from websockets.protocol import State
 
-from shared.providers.messages import deliver_messages, json_object
+from shared.providers.messages import deliver_messages, delivered_by_pump, json_object
 from shared.providers.tls import client_context
 from shared.realtime import checkpoint
 from shared.resilience import ProviderUnavailable, guard
@@ -150,7 +150,8 @@ class _Connection:
             return
         self._route(event)
         checkpoint()
-        if self._burst.handled(time.monotonic()):
+        # In the read ticker's pump a burst ends with the read: no yield there.
+        if self._burst.handled(time.monotonic()) and not delivered_by_pump():
             time.sleep(0)
 
     def _on_end(self, reason: BaseException) -> None:

@@ -38,11 +38,16 @@ AREAS: list[tuple[str, str, list[tuple[str, str]]]] = [
             ("callers' frames: Telnyx JSON + base64", "telnyx_media___parse"),
             ("callers' frames: split, unmask, lag, reorder", "MediaSocket____pump_read"),
             ("agent audio out: playout steps (JSON, base64, send)", "ReadTicker____run_steps"),
+            # Interpreted right under the round: shared.providers.messages._PumpedReads.
+            (
+                "provider messages: Deepgram results, Cartesia audio (interpreted)",
+                "_PyEval_EvalFrameDefault",
+            ),
             ("epoll of the pumped sockets", "epoll"),
         ],
     ),
     (
-        "provider readers (Deepgram results, Cartesia audio), woken by the tick",
+        "provider readers (websockets' loop: what the pump hands back), woken by the tick",
         "_Watched___ready",
         [
             ("Cartesia audio into the playout (a paced chunk may go out)", "Playout___add"),

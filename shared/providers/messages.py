@@ -502,16 +502,8 @@ class _PumpedReads:
         try:
             if not self.can_pump():
                 return False
-            try:
-                data = self._read()
-            except (BlockingIOError, ssl.SSLWantReadError):
+            if (data := self._read_now()) is None:
                 return True
-            except Exception as exc:  # websockets' loop meets it, as it would have
-                self._unread = exc
-                return False
-            if not data:
-                self._unread = b""  # the end of the stream, for websockets' loop
-                return False
             messages, pos = _whole_data_frames(data, self._protocol.max_message_size)
             if pos < len(data):
                 self._unread = data[pos:]
@@ -523,7 +515,23 @@ class _PumpedReads:
                 delivery.deliver_whole(message, text)
         finally:
             _PumpedReads.delivering = False
-        return self._unread is None
+        return bool(data) and self._unread is None
+
+    def _read_now(self) -> bytes | None:
+        """What has come, None when nothing has; b"" hands the socket back, with what
+        websockets' loop must meet kept in `_unread` (the end of the stream, an error)."""
+        try:
+            data: bytes = self._read()
+        except (BlockingIOError, ssl.SSLWantReadError):
+            return None
+        except ssl.SSLWantWriteError:
+            return b""  # OpenSSL must write first: gevent's own read waits for that
+        except Exception as exc:  # websockets' loop meets it, as it would have
+            self._unread = exc
+            return b""
+        if not data:
+            self._unread = b""  # the end of the stream
+        return data
 
     def take_unread(self) -> bytes | None:
         """What the pump left for websockets' loop (None: nothing); raises the read's error."""
@@ -566,7 +574,8 @@ RECV_BYTES = 65536  # websockets' own `recv_bufsize`
 
 
 def _tls_read(sslobj: Any) -> bytes:
-    """The records that have come (OpenSSL hands over one a read)."""
+    """The records that have come (OpenSSL hands over one a read); b"" at the end, a
+    TCP close without TLS's close_notify included (as `ssl`'s `suppress_ragged_eofs`)."""
     chunks: list[bytes] = []
     for _ in range(_TLS_READS):
         try:
@@ -575,6 +584,8 @@ def _tls_read(sslobj: Any) -> bytes:
             if chunks:
                 break
             raise
+        except ssl.SSLEOFError:
+            chunk = b""
         if not chunk:
             if chunks:
                 break  # the end comes with the next read

@@ -41,3 +41,13 @@ def test_a_pump_round_run_from_a_reply_counts_as_the_pump_and_each_sample_once()
     lines = perf_stacks.breakdown(PERF_SCRIPT, 1)
     assert any(line.strip().startswith("50.0%  the pump's rounds") for line in lines)
     assert any(line.strip().startswith("25.0%  replies") for line in lines)
+
+
+def test_a_provider_message_read_in_the_pump_is_its_own_part_of_the_pump() -> None:
+    stack = perf_stacks.stacks(
+        "\t 1 sock_recv\n\t 2 _PyEval_EvalFrameDefault\n\t 3 method_vectorcall\n"
+        "\t 4 CPyDef_read_ticker___ReadTicker____round\n"
+    )[0]
+    area, part = perf_stacks.classify(stack)
+    assert area == perf_stacks.AREAS[0][0]
+    assert part == "provider messages: Deepgram results, Cartesia audio (interpreted)"

@@ -22,13 +22,13 @@ from typing import Protocol as TypingProtocol
 import orjson
 from websockets.exceptions import ConnectionClosed
 from websockets.frames import Frame, Opcode
-from websockets.protocol import Protocol, State
+from websockets.protocol import Protocol, Side, State
 from websockets.streams import StreamReader
 from websockets.sync.connection import Connection
 
 from shared.background import start_worker
 from shared.realtime import acquire_now
-from shared.ws_frames import BINARY, MASKED, WHOLE_DATA, frame_at
+from shared.ws_frames import BINARY, MASKED, WHOLE_DATA, Masks, client_binary, frame_at
 
 _AT_EOF = StreamReader.at_eof.__code__
 
@@ -65,8 +65,7 @@ def send_binary(connection: Connection, data: bytes) -> None:
             raise ConnectionClosed(
                 protocol.close_rcvd, protocol.close_sent, protocol.close_rcvd_then_sent
             )
-        protocol.send_binary(data)
-        send_all(connection.socket, b"".join(protocol.data_to_send()))
+        send_all(connection.socket, _binary_frame(protocol, data))
 
 
 class NowWriter:
@@ -91,6 +90,24 @@ def nonblocking_writer(sock: Any) -> NowWriter | None:
     return None
 
 
+_MASKS = Masks()
+
+
+def _binary_frame(protocol: Protocol, data: bytes) -> bytes:
+    """`data` as the open client `protocol`'s next frame (holding the connection's lock):
+    framed here (`shared.ws_frames.client_binary`, masks drawn in bulk) where websockets
+    would send exactly that frame, else by websockets (an extension such as
+    permessage-deflate transforms frames; a fragmented message is being sent)."""
+    if (
+        protocol.side is Side.CLIENT
+        and not protocol.extensions
+        and not protocol.expect_continuation_frame
+    ):
+        return client_binary(data, _MASKS.next())
+    protocol.send_binary(data)
+    return b"".join(protocol.data_to_send())
+
+
 def send_binary_now(connection: Connection, data: bytes, writer: NowWriter) -> bool:
     """`send_binary` for a caller that must never wait (the read ticker's pump), through
     `writer` (`nonblocking_writer(connection.socket)`): True when the message went out,
@@ -112,8 +129,7 @@ def send_binary_now(connection: Connection, data: bytes, writer: NowWriter) -> b
         protocol = connection.protocol
         if protocol.state is not State.OPEN:
             return False
-        protocol.send_binary(data)
-        out = b"".join(protocol.data_to_send())
+        out = _binary_frame(protocol, data)
         try:
             sent = writer.write(out)
         except OSError:

@@ -237,3 +237,24 @@ def test_the_splitter_waits_for_a_frame_boundary_and_keeps_no_cycle() -> None:
         assert splitter() is None and not {"receive_data", "events_received"} & set(vars(client))
     finally:
         gc.enable()
+
+
+def test_a_binary_frame_is_framed_by_hand_only_where_websockets_would_send_the_same() -> None:
+    from websockets.extensions.permessage_deflate import PerMessageDeflate
+
+    from shared.providers.messages import _binary_frame
+
+    client, server = _open_client()
+    server.receive_data(_binary_frame(client, b"audio"))  # by hand: the server reads it
+    [frame] = server.events_received()
+    assert (frame.opcode, frame.data) == (Opcode.BINARY, b"audio")
+    # With an extension negotiated the frame is websockets' own (compressed here), and the
+    # server that negotiated it reads it back.
+    deflated, deflating_server = _open_client()
+    deflated.extensions = [PerMessageDeflate(False, False, 15, 15)]
+    deflating_server.extensions = [PerMessageDeflate(False, False, 15, 15)]
+    framed = _binary_frame(deflated, b"audio " * 50)
+    assert framed[0] & 0x40  # RSV1: compressed
+    deflating_server.receive_data(framed)
+    [frame] = deflating_server.events_received()
+    assert frame.data == b"audio " * 50

@@ -338,10 +338,10 @@ def read_until(conn, protocol, wanted):
 
 def provider():
     conn, protocol = accept()
-    for n in range(10):
+    for n in range(10):  # each on its own, ten ticks apart: the pump's to read
         protocol.send_binary(b"%d" % n)
         flush(conn, protocol)
-        gevent.sleep(0.002)
+        gevent.sleep(0.02)
     protocol.send_ping(b"p1")
     protocol.send_text(b"frag-", fin=False)
     protocol.send_continuation(b"ment", fin=True)
@@ -358,7 +358,7 @@ def provider():
     for n in range(10, 20):
         protocol.send_text(b"%d" % n)
         flush(conn, protocol)
-        gevent.sleep(0.002)
+        gevent.sleep(0.02)
     pong = read_until(conn, protocol, lambda f: f.opcode is Opcode.PONG)
     protocol.send_close(1000, "bye")
     flush(conn, protocol)
@@ -433,9 +433,9 @@ def test_messages_read_in_the_pump_arrive_whole_in_order_with_websockets_doing_t
         ["split-in-two", False],
         *[[str(n), True] for n in range(10, 20)],
     ]
-    # Most whole messages were handled in the pump (the rest came with a frame for
-    # websockets' loop, or while it was at work), and the ping was answered.
-    assert sum(closed_by_provider["by_pump"]) >= 10
+    # The messages that came on their own were handled in the pump (but for one or two
+    # that may come before `deliver_messages`), and the ping was answered.
+    assert sum(closed_by_provider["by_pump"]) >= 15
     assert closed_by_provider["pong"] is True
     assert closed_by_provider["ended"] == "ConnectionClosedOK"
     assert not closed_by_provider["reader_alive"]

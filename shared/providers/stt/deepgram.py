@@ -11,23 +11,24 @@ the stream's sender worker, which waits as long as it must.
 Audio per message (Deepgram takes 20-250 ms): `send_ms` (40) while the caller may be
 speaking, `quiet_send_ms` (200) once the line has been quiet (RMS under `SPEECH_RMS`) for
 `HANGOVER_MS`. A send through the SDK's websocket cost ~65 µs under load (framing, a
-getrandom() for the mask, gevent's sendall; `send_binary` saves a quarter of it), a third
-of the voice worker's CPU at 100 calls when every call sent 25 a second, and most of a
-call's time is the caller listening. The first loud frame flushes at once, so speech
-reaches Deepgram no later than before, and the hang-over outlasts endpointing and
-utterance-end. Deepgram ends a turn once it has `endpointing` ms of silence after the last
-word (or `utterance_end_ms` without words), so once the caller has been quiet for
-`PAUSE_MS`, and until `ENDPOINT_SLACK_MS` past endpointing, each frame goes at once: the
-silence that ends a turn never waits up to 20 ms for a second frame to fill its message (a
-shorter pause is inside a word or between words, where batching delays nothing that
-matters; a later one is past endpointing, where only the utterance-end fallback is left). A turn that has ended (speech_final or
-UtteranceEnd) ends the hang-over there: the 40 ms messages after speech were 70 % of a
-call's sends in the voice benchmark (docs/voice-benchmark-log.md).
-A keep-alive worker sends KeepAlive after `keepalive_s` without audio. Deepgram's messages
-become SttEvents in the SDK websocket's own reader thread (websockets' sync client,
-`deliver_messages`), so `on_event` runs there: a greenlet in the voice process, where the
-websocket runs on the patched sockets, a thread elsewhere. The workers are `start_worker`s
-(greenlets in the voice process too).
+getrandom() for the mask, gevent's sendall; `send_binary` frames by hand with masks drawn
+in bulk and saves about a quarter of it), a third of the voice worker's CPU at 100 calls
+when every call sent 25 a second, and most of a call's time is the caller listening. The
+first loud frame flushes at once, so speech reaches Deepgram no later than before, and the
+hang-over outlasts endpointing and utterance-end. Deepgram ends a turn once it has
+`endpointing` ms of silence after the last word (or `utterance_end_ms` without words), so
+once the caller has been quiet for `PAUSE_MS`, and until `ENDPOINT_SLACK_MS` past
+endpointing, each frame goes at once: the silence that ends a turn never waits up to 20 ms
+for a second frame to fill its message (a shorter pause is inside a word or between words,
+where batching delays nothing that matters; a later one is past endpointing, where only the
+utterance-end fallback is left). A turn that has ended (speech_final or UtteranceEnd) ends
+the hang-over there: the 40 ms messages after speech were 70 % of a call's sends in the
+voice benchmark (docs/voice-benchmark-log.md). A keep-alive worker sends KeepAlive after
+`keepalive_s` without audio. Deepgram's messages become SttEvents where they are read
+(`deliver_messages`), so `on_event` runs there: in the voice process the read ticker's pump
+(or, for what it hands back, websockets' reader greenlet), elsewhere websockets' reader
+thread; it must never wait. The workers are `start_worker`s (greenlets in the voice process
+too).
 
 Turns: `is_final` results are FINAL segments; `speech_final` (endpointing) ends the turn,
 or `UtteranceEnd` does when endpointing missed. A failure mid-stream (drop, `Error`) is

@@ -13,9 +13,10 @@ type transform in Python: ~220-250 µs an input here, against 11-18 µs, ~5 inpu
 Receiving does not use `WebSocketContext.receive()`, which makes whichever context is
 reading the router and blocks in `recv()`: a cancelled turn could not return until the
 server spoke again, and two turns reading at once would trip websockets' one-reader rule.
-Instead websockets' own reader (a greenlet under gevent, `deliver_messages`) routes every
-event by `context_id` to its turn, which hands the audio to the turn's sink right there (no
-queue and no second greenlet per chunk); `play()` only waits for the turn's end.
+Instead whatever reads the socket (`deliver_messages`: in the voice process the read
+ticker's pump, elsewhere websockets' own reader) routes every event by `context_id` to its
+turn, which hands the audio to the turn's sink right there (no queue and no second greenlet
+per chunk); `play()` only waits for the turn's end.
 """
 
 from __future__ import annotations

@@ -132,14 +132,9 @@ def test_a_closed_connection_leaves_nothing_registered(result: dict[str, Any]) -
     assert result["timer_active_after"] is False
 
 
-# `send_binary_now` (the read ticker's pump writing Deepgram's audio) on websockets' sync
-# client over gevent's sockets, plain and TLS. The provider reads nothing for its first
-# 0.3 s and the client's send buffer is 64 KB, so after a few small messages the socket
-# takes only part of a 16 KB frame, then nothing: a call that took part of a frame hands the rest to a worker with
-# the connection's lock held; one that took nothing returns False and the message goes to
-# a sender greenlet (as DeepgramStream queues it). No call may wait, and the provider must
-# get every message whole and in order.
-SEND_NOW_SCRIPT = r"""
+# A provider over plain TCP or TLS (argv[1]) for the scripts below: `accept()` takes one
+# websocket connection and answers its handshake.
+PROVIDER_PRELUDE = r"""
 from gevent import monkey
 monkey.patch_all()
 
@@ -160,13 +155,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from websockets.server import ServerProtocol
-from websockets.frames import Frame
+from websockets.frames import Frame, Opcode
 from websockets.sync.client import connect
 
-from shared.providers.messages import nonblocking_writer, send_binary, send_binary_now
-
 TLS = sys.argv[1] == "tls"
-MESSAGES, SIZE = 40, 16 * 1024
 
 
 def tls_contexts():
@@ -199,7 +191,7 @@ listener = socket.create_server(("127.0.0.1", 0))
 port = listener.getsockname()[1]
 
 
-def provider():
+def accept():
     conn, _ = listener.accept()
     if TLS:
         conn = server_tls.wrap_socket(conn, server_side=True)
@@ -208,6 +200,28 @@ def provider():
         protocol.receive_data(conn.recv(65536))
     protocol.send_response(protocol.accept(events[0]))
     conn.sendall(b"".join(protocol.data_to_send()))
+    return conn, protocol
+"""
+
+
+# `send_binary_now` (the read ticker's pump writing Deepgram's audio) on websockets' sync
+# client over gevent's sockets, plain and TLS. The provider reads nothing for its first
+# 0.3 s and the client's send buffer is 64 KB, so after a few small messages the socket
+# takes only part of a 16 KB frame, then nothing: a call that took part of a frame hands the rest to a worker with
+# the connection's lock held; one that took nothing returns False and the message goes to
+# a sender greenlet (as DeepgramStream queues it). No call may wait, and the provider must
+# get every message whole and in order.
+SEND_NOW_SCRIPT = (
+    PROVIDER_PRELUDE
+    + r"""
+from shared.providers.messages import nonblocking_writer, send_binary, send_binary_now
+
+MESSAGES, SIZE = 40, 16 * 1024
+
+
+
+def provider():
+    conn, protocol = accept()
     gevent.sleep(0.3)  # not reading: the client's buffers fill
     got = []
     while len(got) < MESSAGES:
@@ -266,6 +280,7 @@ print(json.dumps({
     "switches_while_refused": len(switches),
 }))
 """
+)
 
 
 @pytest.mark.parametrize("transport", ["plain", "tls"])
@@ -290,35 +305,14 @@ def test_a_send_that_must_not_wait_never_does_and_every_message_arrives_whole(
 # close go through websockets' own loop in between, and nothing is lost, reordered or left
 # registered. Then a connection that we close while the pump reads it.
 PUMPED_SCRIPT = (
-    SEND_NOW_SCRIPT.split("TLS = sys.argv[1]", 1)[0].replace(
-        "from shared.providers.messages import nonblocking_writer, send_binary, send_binary_now",
-        "from shared.providers.messages import deliver_messages, delivered_by_pump\n"
-        "from web.voice.read_ticker import read_ticker, wait_provider_sockets",
-    )
-    + "TLS = sys.argv[1] == 'tls'\n"
-    + "def tls_contexts():"
-    + SEND_NOW_SCRIPT.split("def tls_contexts():", 1)[1].split("server_tls, client_tls", 1)[0]
+    PROVIDER_PRELUDE
     + r"""
-from websockets.frames import Opcode
+from shared.providers.messages import deliver_messages, delivered_by_pump
+from web.voice.read_ticker import read_ticker, wait_provider_sockets
 
-server_tls, client_tls = tls_contexts() if TLS else (None, None)
 ticker = read_ticker()
 wait_provider_sockets(ticker)
-listener = socket.create_server(("127.0.0.1", 0))
-port = listener.getsockname()[1]
 LARGE = bytes(range(256)) * 1200  # 300 KB: more than one read
-
-
-def accept():
-    conn, _ = listener.accept()
-    if TLS:
-        conn = server_tls.wrap_socket(conn, server_side=True)
-    protocol = ServerProtocol(max_size=None)
-    while not (events := protocol.events_received()):
-        protocol.receive_data(conn.recv(65536))
-    protocol.send_response(protocol.accept(events[0]))
-    conn.sendall(b"".join(protocol.data_to_send()))
-    return conn, protocol
 
 
 def flush(conn, protocol):
